@@ -1,0 +1,237 @@
+"""Plan -> generate -> clean and ground -> vote, for one request or a batch of them.
+
+The pipeline talks to the model only through ``CandidateGenerator``, a Protocol of built-in types that
+``models.generator.Generator`` implements; it never imports the model code, loads adapters or applies chat
+templates. All plan items of all requests that share a decoding go to the generator as ONE mixed-adapter
+batch, so a request batch normally costs one ``generate`` call however many members and prompts it has.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from ensemble.clean import DEFAULT_MIN_SCORE, Grounding, clean_answer, ground
+from ensemble.errors import GeneratorContractError
+from ensemble.plan import Decoding, Member, Plan, PlanItem, build_plan
+from ensemble.prompts import DEFAULT_PROMPTS, render_prompt
+from ensemble.vote import Candidate, Vote, VoteConfig, vote
+
+
+@runtime_checkable
+class CandidateGenerator(Protocol):
+    """What the pipeline needs from a model; see docs/architecture.md."""
+
+    @property
+    def has_chat_template(self) -> bool: ...
+
+    def generate(
+        self,
+        prompts: Sequence[str | list[dict[str, str]]],
+        adapters: Sequence[str | None],
+        *,
+        max_new_tokens: int,
+        num_beams: int,
+        num_return_sequences: int,
+        do_sample: bool,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        seed: int | None,
+    ) -> list[list[tuple[str, float]]]:
+        """Per prompt, num_return_sequences (decoded text, score) best first; score is a log-probability
+        (beam: the beam's length-normalised sequence score; greedy/sampling: mean token log-probability).
+        The whole list runs as ONE mixed-adapter batch (peft adapter_names), left-padded."""
+        ...
+
+
+@dataclass(frozen=True)
+class QARequest:
+    """One question; None fields fall back to the pipeline's defaults (an empty tuple does not)."""
+
+    context: str
+    question: str
+    members: tuple[Member, ...] | None = None
+    prompts: tuple[str, ...] | None = None
+    decoding: Decoding | None = None
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Defaults for requests that leave something out, and the clean-up/vote settings."""
+
+    default_prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    """Prompt styles used when a request names none."""
+    default_decoding: Decoding = field(default_factory=Decoding)
+    """Decoding used when a request gives none (beam search, 3 beams, 3 outputs per prompt)."""
+    vote: VoteConfig = field(default_factory=VoteConfig)
+    """Voting weights and thresholds."""
+    ground_min_score: float = DEFAULT_MIN_SCORE
+    """Similarity a cleaned answer needs with a context span to be replaced by it and count as grounded."""
+
+
+@dataclass(frozen=True)
+class PipelineStats:
+    """Counters since the pipeline was built (a snapshot; the pipeline keeps the live ones)."""
+
+    requests: int = 0
+    generate_calls: int = 0
+    prompts: int = 0
+    """Rows sent to the generator, summed over calls."""
+    candidates: int = 0
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One plan item of one request, rendered and waiting for its outputs."""
+
+    request: int
+    item: PlanItem
+    prompt: str | list[dict[str, str]]
+
+
+def _default_members() -> Sequence[Member]:
+    return (Member(adapter=None),)
+
+
+class EnsemblePipeline:
+    """Answers questions with an ensemble of (adapter, prompt) members through one generator."""
+
+    def __init__(
+        self,
+        generator: CandidateGenerator,
+        config: PipelineConfig | None = None,
+        default_members: Callable[[], Sequence[Member]] = _default_members,
+    ) -> None:
+        # default_members is a callable, not a list: the loaded adapters can change while the service runs.
+        self._generator = generator
+        self.config = config or PipelineConfig()
+        self._default_members = default_members
+        self._stats = PipelineStats()
+        self._stats_lock = threading.Lock()
+
+    @property
+    def stats(self) -> PipelineStats:
+        """Counters so far; ``generate_calls`` shows how many batches the generator ran."""
+        with self._stats_lock:
+            return self._stats
+
+    def plan(self, request: QARequest) -> Plan:
+        """The plan a request runs, with defaults filled in; raises the plan's typed errors."""
+        members = request.members if request.members is not None else tuple(self._default_members())
+        prompts = request.prompts if request.prompts is not None else self.config.default_prompts
+        decoding = request.decoding if request.decoding is not None else self.config.default_decoding
+        return build_plan(members, prompts, decoding)
+
+    def answer(
+        self,
+        context: str,
+        question: str,
+        *,
+        members: Sequence[Member] | None = None,
+        prompts: Sequence[str] | None = None,
+        decoding: Decoding | None = None,
+    ) -> Vote:
+        """Answer one question (a batch of one)."""
+        request = QARequest(
+            context=context,
+            question=question,
+            members=tuple(members) if members is not None else None,
+            prompts=tuple(prompts) if prompts is not None else None,
+            decoding=decoding,
+        )
+        return self.answer_many([request])[0]
+
+    def answer_many(self, requests: Sequence[QARequest]) -> list[Vote]:
+        """Answer several questions with one generate call per distinct decoding, votes in request order.
+
+        Every request is planned before anything is generated, so one bad request fails the batch early.
+        """
+        if not requests:
+            return []
+        plans = [self.plan(request) for request in requests]
+        chat = self._generator.has_chat_template
+        batches: dict[tuple[tuple[str, Any], ...], list[_Job]] = {}
+        kwargs_of: dict[tuple[tuple[str, Any], ...], dict[str, Any]] = {}
+        for index, (request, plan) in enumerate(zip(requests, plans, strict=True)):
+            kwargs = plan.decoding.generate_kwargs()
+            # Keyed by the effective kwargs, so decodings that only differ in ignored knobs share a call.
+            key = tuple(sorted(kwargs.items()))
+            kwargs_of.setdefault(key, kwargs)
+            jobs = batches.setdefault(key, [])
+            for item in plan.items:
+                prompt = render_prompt(item.prompt, request.context, request.question, chat=chat)
+                jobs.append(_Job(request=index, item=item, prompt=prompt))
+
+        candidates: list[list[Candidate]] = [[] for _ in requests]
+        groundings: list[dict[str, Grounding | None]] = [{} for _ in requests]
+        for key, jobs in batches.items():
+            outputs = self._run(jobs, kwargs_of[key])
+            for job, outputs_of_job in zip(jobs, outputs, strict=True):
+                request = requests[job.request]
+                cache = groundings[job.request]
+                for rank, (raw, score) in enumerate(outputs_of_job):
+                    candidates[job.request].append(
+                        self._candidate(raw, score, rank, job.item, request.context, cache)
+                    )
+
+        votes = [vote(found, self.config.vote) for found in candidates]
+        self._count(requests=len(requests), candidates=sum(len(c) for c in candidates))
+        return votes
+
+    def _run(self, jobs: list[_Job], kwargs: dict[str, Any]) -> list[list[tuple[str, float]]]:
+        prompts = [job.prompt for job in jobs]
+        adapters = [job.item.member.adapter for job in jobs]
+        outputs = self._generator.generate(prompts, adapters, **kwargs)
+        self._count(generate_calls=1, prompts=len(prompts))
+        if len(outputs) != len(prompts):
+            raise GeneratorContractError(
+                "generate", f"returned outputs for {len(outputs)} prompts; {len(prompts)} were sent"
+            )
+        for per_prompt in outputs:
+            if not per_prompt or len(per_prompt) > kwargs["num_return_sequences"]:
+                raise GeneratorContractError(
+                    "generate",
+                    f"returned {len(per_prompt)} outputs for a prompt; expected 1 to "
+                    f"{kwargs['num_return_sequences']}",
+                )
+        return outputs
+
+    def _candidate(
+        self,
+        raw: str,
+        score: float | None,
+        rank: int,
+        item: PlanItem,
+        context: str,
+        cache: dict[str, Grounding | None],
+    ) -> Candidate:
+        text = clean_answer(raw)
+        if text not in cache:
+            # Beams and members repeat answers; grounding each distinct text once keeps long contexts cheap.
+            cache[text] = ground(text, context, min_score=self.config.ground_min_score)
+        grounding = cache[text]
+        return Candidate(
+            text=grounding.text if grounding is not None else text,
+            raw=raw,
+            adapter=item.member.adapter,
+            prompt=item.prompt,
+            beam_rank=rank,
+            score=score,
+            weight=item.member.weight,
+            grounded=grounding is not None,
+        )
+
+    def _count(
+        self, *, requests: int = 0, generate_calls: int = 0, prompts: int = 0, candidates: int = 0
+    ) -> None:
+        with self._stats_lock:
+            old = self._stats
+            self._stats = PipelineStats(
+                requests=old.requests + requests,
+                generate_calls=old.generate_calls + generate_calls,
+                prompts=old.prompts + prompts,
+                candidates=old.candidates + candidates,
+            )
