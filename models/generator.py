@@ -1,0 +1,280 @@
+"""Batched candidate generation: one `generate` call for a whole list of (prompt, adapter) rows.
+
+`Generator` implements the `CandidateGenerator` protocol of `ensemble/pipeline.py` (built-in types in and
+out). Every LoRA adapter stays resident on one shared peft model and each row names its adapter through peft's
+`adapter_names` (mixed-adapter batch), so no request ever calls `set_adapter` on the shared model. Prompts are
+left-padded, generation stops at EOS and, by default, at the end of the answer's first non-empty line (answers
+are one line; the rest would be thrown away by `ensemble.clean` anyway). A lock serialises generation and
+adapter changes, because the server calls from threads. This module does not choose prompts, decoding plans or
+answers: that is `ensemble/`.
+"""
+
+import threading
+from collections.abc import Sequence
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+
+from models.errors import AdapterError, PromptTooLongError, UnknownAdapterError
+from models.registry import AdapterSpec
+
+BASE_ADAPTER = "__base__"
+"""peft's name for "no adapter" in a mixed batch (see peft's `LoraLayer._mixed_batch_forward`)."""
+Prompt = str | list[dict[str, str]]
+
+
+class _FirstLineDone(StoppingCriteria):
+    """Per row: True once the generated text holds a line break after some non-blank text."""
+
+    def __init__(self, prompt_len: int, line_ends) -> None:
+        self.prompt_len, self.line_ends = prompt_len, line_ends
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        return self.line_ends(input_ids[:, self.prompt_len :]).any(dim=1)
+
+
+class Generator:
+    """A base model (and its resident LoRA adapters) that turns prompts into scored candidate answers."""
+
+    def __init__(
+        self, model, tokenizer, *, max_input_tokens: int | None = None, stop_at_newline: bool = True
+    ):
+        self._model = model
+        self._tokenizer = tokenizer
+        self._max_input_tokens = max_input_tokens
+        self._stop_at_newline = stop_at_newline
+        self._adapters: dict[str, AdapterSpec] = {}
+        self._lock = threading.RLock()
+        self._tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        eos = model.generation_config.eos_token_id
+        eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
+        if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
+            eos_ids.append(tokenizer.eos_token_id)
+        self._eos_ids = torch.tensor(eos_ids, dtype=torch.long)
+        if stop_at_newline:
+            self._token_tables()  # about 2 s for a 150k vocabulary: paid at startup, not by the first request
+
+    @property
+    def model(self):
+        """The current model: the base, or a peft model wrapping it once an adapter is loaded."""
+        return self._model
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer
+
+    @property
+    def device(self) -> str:
+        """Where the model runs ("cpu", "cuda:0")."""
+        return str(self._model.device)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self._tokenizer, "chat_template", None))
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return sorted(self._adapters)
+
+    def load_adapter(self, spec: AdapterSpec) -> None:
+        """Make an adapter resident (idempotent by name); checking it fits the base is the registry's job."""
+        from peft import PeftModel
+
+        with self._lock:
+            if spec.name in self._adapters:
+                if self._adapters[spec.name].path != spec.path:
+                    raise AdapterError(
+                        f"adapter {spec.name!r} is already loaded from {self._adapters[spec.name].path}"
+                    )
+                return
+            try:
+                if isinstance(self._model, PeftModel):
+                    self._model.load_adapter(str(spec.path), adapter_name=spec.name, is_trainable=False)
+                else:
+                    self._model = PeftModel.from_pretrained(
+                        self._model, str(spec.path), adapter_name=spec.name, is_trainable=False
+                    )
+            except Exception as e:  # noqa: BLE001 - peft raises many types for a bad folder
+                raise AdapterError(f"adapter {spec.name!r} could not be loaded: {e}") from e
+            self._model.eval()
+            self._adapters[spec.name] = spec
+
+    def unload_adapter(self, name: str) -> None:
+        """Drop a resident adapter; the last one out unwraps the base model again."""
+        with self._lock:
+            if name not in self._adapters:
+                raise UnknownAdapterError(f"adapter {name!r} is not loaded")
+            del self._adapters[name]
+            if self._adapters and name in self._model.active_adapters:
+                # Rows name their adapter explicitly, so which one is "active" never matters; switching first
+                # only spares peft's warning about deleting the active adapter.
+                self._model.set_adapter(next(iter(self._adapters)))
+            self._model.delete_adapter(name)
+            if not self._adapters:
+                self._model = self._model.unload()
+            self._model.eval()
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def render(self, prompt: Prompt) -> str:
+        """The exact text fed to the model: chat messages through the chat template, strings as they are."""
+        if isinstance(prompt, str):
+            return prompt
+        if not self.has_chat_template:
+            raise ValueError("this tokenizer has no chat template; pass plain-string prompts")
+        return self._tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        adapters: Sequence[str | None],
+        *,
+        max_new_tokens: int,
+        num_beams: int,
+        num_return_sequences: int,
+        do_sample: bool,
+        temperature: float,
+        top_k: int,
+        top_p: float,
+        seed: int | None,
+    ) -> list[list[tuple[str, float]]]:
+        """Per prompt, `num_return_sequences` (text, score) pairs best first, from ONE mixed-adapter batch.
+
+        Beam search scores are the beams' length-normalised log-probabilities; greedy and sampled candidates
+        score the mean log-probability of their tokens under the (un-tempered) model.
+        """
+        _check_decoding(
+            len(prompts), len(adapters), max_new_tokens, num_beams, num_return_sequences, do_sample
+        )
+        if not prompts:
+            return []
+        n = num_return_sequences
+        with self._lock:
+            for name in adapters:
+                if name is not None and name not in self._adapters:
+                    raise UnknownAdapterError(
+                        f"unknown adapter {name!r}; loaded: {', '.join(self.adapter_names) or 'none'}"
+                    )
+            rows, row_adapters = list(prompts), list(adapters)
+            if num_beams == 1 and n > 1:
+                # peft repeats adapter names per beam only; sampled copies are made here, one row each.
+                rows = [p for p in prompts for _ in range(n)]
+                row_adapters = [a for a in adapters for _ in range(n)]
+            input_ids, attention_mask = self._encode(rows)
+            kwargs = {
+                "input_ids": input_ids,
+                "attention_mask": attention_mask,
+                "max_new_tokens": max_new_tokens,
+                "num_beams": num_beams,
+                "num_return_sequences": n if num_beams > 1 else 1,
+                "do_sample": do_sample,
+                "return_dict_in_generate": True,
+                "output_scores": num_beams > 1,
+                "output_logits": num_beams == 1,
+            }
+            if do_sample:
+                kwargs.update(temperature=temperature, top_k=top_k, top_p=top_p)
+                if seed is not None:
+                    torch.manual_seed(seed)
+            if num_beams > 1:
+                kwargs["length_penalty"] = 1.0
+            if self._stop_at_newline:
+                kwargs["stopping_criteria"] = StoppingCriteriaList(
+                    [_FirstLineDone(input_ids.shape[1], self._line_ends)]
+                )
+            if self._adapters:
+                kwargs["adapter_names"] = [a or BASE_ADAPTER for a in row_adapters]
+            with torch.inference_mode():
+                out = self._model.generate(**kwargs)
+                texts, scores = self._decode(out, input_ids.shape[1], beams=num_beams > 1)
+        results = [
+            sorted(
+                zip(texts[i * n : (i + 1) * n], scores[i * n : (i + 1) * n], strict=True), key=lambda c: -c[1]
+            )
+            for i in range(len(prompts))
+        ]
+        return results
+
+    def _encode(self, rows: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize each row and left-pad them into one batch. Chat-rendered rows already hold their special
+        tokens; plain strings get the tokenizer's own (a BOS, for some models)."""
+        encoded = []
+        for i, prompt in enumerate(rows):
+            ids = self._tokenizer(self.render(prompt), add_special_tokens=isinstance(prompt, str))[
+                "input_ids"
+            ]
+            if self._max_input_tokens is not None and len(ids) > self._max_input_tokens:
+                raise PromptTooLongError(
+                    f"prompt {i} has {len(ids)} tokens; max_input_tokens is {self._max_input_tokens}"
+                )
+            encoded.append(ids)
+        width, pad = max(len(ids) for ids in encoded), self._tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], dtype=torch.long)
+        mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], dtype=torch.long)
+        device = self._model.device
+        return input_ids.to(device), mask.to(device)
+
+    def _decode(self, out, prompt_len: int, *, beams: bool) -> tuple[list[str], list[float]]:
+        generated = out.sequences[:, prompt_len:]
+        stops = torch.isin(generated, self._eos_ids.to(generated.device))
+        if self._stop_at_newline:
+            stops |= self._line_ends(generated)
+        width = generated.shape[1]
+        has_stop = stops.any(dim=1)
+        lengths = torch.where(
+            has_stop, stops.int().argmax(dim=1) + 1, torch.full_like(has_stop, width, dtype=torch.long)
+        )
+        if beams:
+            scores = out.sequences_scores.float().tolist()
+        else:
+            steps = self._model.compute_transition_scores(out.sequences, out.logits, normalize_logits=True)
+            keep = (
+                torch.arange(steps.shape[1], device=steps.device)[None, :] < lengths.to(steps.device)[:, None]
+            )
+            total = torch.where(keep, steps.float(), torch.zeros_like(steps, dtype=torch.float)).sum(dim=1)
+            scores = (total / lengths.to(total.device).clamp(min=1)).tolist()
+        texts = [
+            self._tokenizer.decode(row[:length].tolist(), skip_special_tokens=True)
+            for row, length in zip(generated, lengths.tolist(), strict=True)
+        ]
+        return texts, [float(s) for s in scores]
+
+    def _line_ends(self, generated: torch.Tensor) -> torch.Tensor:
+        """Per generated position: does this token close the answer's first non-empty line?"""
+        has_newline, text_before_newline, non_blank = (t.to(generated.device) for t in self._token_tables())
+        tokens_seen = non_blank[generated].int()
+        seen_before = (tokens_seen.cumsum(dim=1) - tokens_seen) > 0
+        return has_newline[generated] & (seen_before | text_before_newline[generated])
+
+    def _token_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per vocabulary id: holds a newline; has non-blank text before its first newline; is non-blank."""
+        if self._tables is None:
+            size = max(len(self._tokenizer), self._model.get_output_embeddings().weight.shape[0])
+            pieces = self._tokenizer.batch_decode([[i] for i in range(len(self._tokenizer))])
+            pieces += [""] * (size - len(pieces))
+            has_newline = ["\n" in p for p in pieces]
+            text_first = [
+                nl and bool(p.split("\n", 1)[0].strip()) for p, nl in zip(pieces, has_newline, strict=True)
+            ]
+            non_blank = [bool(p.strip()) for p in pieces]
+            device = self._model.device
+            self._tables = tuple(torch.tensor(t, device=device) for t in (has_newline, text_first, non_blank))
+        return self._tables
+
+
+def _check_decoding(
+    n_prompts: int, n_adapters: int, max_new_tokens: int, num_beams: int, n: int, do_sample: bool
+) -> None:
+    if n_prompts != n_adapters:
+        raise ValueError(
+            f"got {n_prompts} prompts but {n_adapters} adapters; pass one adapter (or None) per prompt"
+        )
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if num_beams < 1 or n < 1:
+        raise ValueError(f"num_beams and num_return_sequences must be at least 1, got {num_beams} and {n}")
+    if num_beams > 1 and n > num_beams:
+        raise ValueError(f"num_return_sequences ({n}) cannot exceed num_beams ({num_beams})")
+    if num_beams == 1 and not do_sample and n > 1:
+        raise ValueError("greedy decoding returns one sequence per prompt; use beams or sampling for more")

@@ -1,0 +1,198 @@
+"""The adapters this server may use: validated LoRA folders, each with a `qa_adapter.json` manifest.
+
+An adapter folder holds peft's `adapter_config.json` and `adapter_model.safetensors` (pickled `.bin` weights
+are never accepted) plus our manifest, which pins the base model it was trained on and the prompt style it
+expects.
+The registry is built once from a directory and only ever looked up by name: clients never pass paths.
+It does not load weights (see `generator`) and does not know the prompt texts (see `ensemble.prompts`).
+"""
+
+import json
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from models.errors import AdapterBaseMismatchError, AdapterError, UnknownAdapterError
+
+MANIFEST_NAME = "qa_adapter.json"
+FORMAT_VERSION = 1
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+_STR_FIELDS = ("name", "base_model", "base_fingerprint", "prompt_style", "created")
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class AdapterManifest:
+    """What `qa_adapter.json` says about an adapter."""
+
+    name: str
+    """Equals the folder name; what clients use to pick the adapter."""
+    base_model: str
+    """The key of the base model it was trained on (`qwen2.5-coder-0.5b`, ...)."""
+    base_fingerprint: str
+    """The base's fingerprint (see `sources.ResolvedModel`); another base is refused."""
+    prompt_style: str
+    """The prompt style it was trained with (a name from `ensemble.prompts.PROMPT_STYLES`)."""
+    weight: float = 1.0
+    """Its default vote weight in the ensemble."""
+    training: dict[str, Any] = field(default_factory=dict)
+    """Free-form facts about the training run (data, steps, scores), for people and the API's listing."""
+    created: str = field(default_factory=_now)
+    """ISO 8601 time the adapter was made."""
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        for name in _STR_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise AdapterError(f"manifest field {name!r} must be a non-empty string, got {value!r}")
+        if not ADAPTER_NAME.match(self.name):
+            raise AdapterError(f"manifest field 'name' {self.name!r} must match {ADAPTER_NAME.pattern}")
+        weight = self.weight
+        if (
+            isinstance(weight, bool)
+            or not isinstance(weight, int | float)
+            or not math.isfinite(weight)
+            or weight <= 0
+        ):
+            raise AdapterError(f"manifest field 'weight' must be a positive number, got {weight!r}")
+        if not isinstance(self.training, dict):
+            raise AdapterError(
+                f"manifest field 'training' must be an object, got {type(self.training).__name__}"
+            )
+        if self.format_version != FORMAT_VERSION:
+            raise AdapterError(
+                f"manifest field 'format_version' is {self.format_version!r}; only {FORMAT_VERSION} is read"
+            )
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = MANIFEST_NAME) -> "AdapterManifest":
+        """Parse and validate; errors name `source` (the file) and the offending field."""
+        try:
+            data = json.loads(text)
+        except ValueError as e:
+            raise AdapterError(f"{source}: not valid JSON ({e})") from e
+        if not isinstance(data, dict):
+            raise AdapterError(f"{source}: expected a JSON object")
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        missing = sorted({"name", "base_model", "base_fingerprint", "prompt_style"} - set(data))
+        if unknown or missing:
+            parts = [
+                f"unknown field(s) {', '.join(unknown)}" if unknown else "",
+                f"missing field(s) {', '.join(missing)}" if missing else "",
+            ]
+            raise AdapterError(f"{source}: " + "; ".join(p for p in parts if p))
+        try:
+            return cls(**data)
+        except AdapterError as e:
+            raise AdapterError(f"{source}: {e}") from e
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+
+def write_manifest(folder: Path, manifest: AdapterManifest) -> Path:
+    """Write `qa_adapter.json` into an adapter folder (training and tests call this)."""
+    path = Path(folder) / MANIFEST_NAME
+    path.write_text(manifest.to_json(), encoding="utf-8")
+    return path
+
+
+def read_manifest(folder: Path) -> AdapterManifest:
+    path = Path(folder) / MANIFEST_NAME
+    if not path.is_file():
+        raise AdapterError(f"adapter folder {folder} has no {MANIFEST_NAME}")
+    return AdapterManifest.from_json(path.read_text(encoding="utf-8"), source=str(path))
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    """A validated adapter: its name, its folder (server-side only) and its manifest."""
+
+    name: str
+    path: Path
+    manifest: AdapterManifest
+
+
+def check_adapter_folder(folder: Path, *, base_key: str, base_fingerprint: str) -> AdapterSpec:
+    """Validate one adapter folder against the served base; raise `AdapterError` naming what is wrong."""
+    name = folder.name
+    if not ADAPTER_NAME.match(name):
+        raise AdapterError(f"adapter folder name {name!r} must match {ADAPTER_NAME.pattern}")
+    if not (folder / ADAPTER_WEIGHTS).is_file():
+        pickles = sorted(p.name for p in folder.glob("*.bin"))
+        hint = (
+            f" (found {', '.join(pickles)}: pickled weights are not loaded; re-save with safetensors)"
+            if pickles
+            else ""
+        )
+        raise AdapterError(f"adapter {name!r} has no {ADAPTER_WEIGHTS}{hint}")
+    try:
+        peft_config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise AdapterError(f"adapter {name!r} has no {ADAPTER_CONFIG}") from None
+    except ValueError as e:
+        raise AdapterError(f"adapter {name!r}: {ADAPTER_CONFIG} is not valid JSON ({e})") from e
+    if not isinstance(peft_config, dict) or peft_config.get("peft_type") != "LORA":
+        raise AdapterError(
+            f"adapter {name!r}: {ADAPTER_CONFIG} must describe a LoRA adapter (peft_type LORA)"
+        )
+    if peft_config.get("use_dora"):
+        raise AdapterError(f"adapter {name!r}: DoRA adapters cannot run in mixed-adapter batches")
+    manifest = read_manifest(folder)
+    if manifest.name != name:
+        raise AdapterError(f"adapter folder {name!r} has a manifest named {manifest.name!r}; they must match")
+    if manifest.base_model != base_key or manifest.base_fingerprint != base_fingerprint:
+        raise AdapterBaseMismatchError(
+            f"adapter {name!r} was trained on base {manifest.base_model!r} "
+            f"(fingerprint {manifest.base_fingerprint[:12]}), but the served base is {base_key!r} "
+            f"(fingerprint {base_fingerprint[:12]})"
+        )
+    return AdapterSpec(name=name, path=folder, manifest=manifest)
+
+
+class AdapterRegistry:
+    """Adapters by name, immutable once built."""
+
+    def __init__(self, specs: dict[str, AdapterSpec] | None = None) -> None:
+        self._specs = dict(specs or {})
+
+    @classmethod
+    def from_dir(cls, root: Path, *, base_key: str, base_fingerprint: str) -> "AdapterRegistry":
+        """Every subfolder of `root` (hidden ones skipped) must be a valid adapter for this base."""
+        root = Path(root)
+        if not root.is_dir():
+            raise AdapterError(f"adapters directory {root} does not exist")
+        specs = {}
+        for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            spec = check_adapter_folder(folder, base_key=base_key, base_fingerprint=base_fingerprint)
+            specs[spec.name] = spec
+        return cls(specs)
+
+    def get(self, name: str) -> AdapterSpec:
+        try:
+            return self._specs[name]
+        except KeyError:
+            known = ", ".join(self.names()) or "none"
+            raise UnknownAdapterError(f"unknown adapter {name!r}; known adapters: {known}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._specs)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._specs
+
+    def __iter__(self) -> Iterator[AdapterSpec]:
+        return iter(self._specs[n] for n in self.names())
+
+    def __len__(self) -> int:
+        return len(self._specs)

@@ -1,0 +1,51 @@
+"""The serving path on CUDA: auto config (4-bit NF4, bf16), mixed-adapter batches with beams, sampling."""
+
+import pytest
+import torch
+
+from models.folders import read_base_info
+from models.generator import Generator
+from models.loading import LoadConfig, load_base
+from models.registry import AdapterRegistry
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
+PROMPT = [{"role": "user", "content": "문맥: 세종대왕은 1443년에 훈민정음을 창제하였다.\n질문: 누가?"}]
+DECODE = dict(do_sample=False, temperature=1.0, top_k=50, top_p=1.0, seed=None, max_new_tokens=8)
+
+
+@pytest.fixture
+def cuda_generator(tiny_model_dir, tiny_adapters_dir) -> Generator:
+    model, tokenizer = load_base(tiny_model_dir, LoadConfig())
+    generator = Generator(model, tokenizer)
+    base = read_base_info(tiny_model_dir)
+    registry = AdapterRegistry.from_dir(
+        tiny_adapters_dir, base_key=base.key, base_fingerprint=base.fingerprint
+    )
+    for spec in registry:
+        generator.load_adapter(spec)
+    return generator
+
+
+def test_auto_config_is_4bit_bf16_on_cuda(cuda_generator):
+    assert cuda_generator.device.startswith("cuda")
+    base = cuda_generator.model.get_base_model()
+    assert getattr(base, "is_loaded_in_4bit", False) and base.dtype == torch.bfloat16
+
+
+def test_mixed_batch_with_beams_on_cuda(cuda_generator):
+    adapters = ["alpha", None, "beta", "gamma"]
+    beams = dict(DECODE, num_beams=3, num_return_sequences=2)
+    mixed = cuda_generator.generate([PROMPT] * 4, adapters, **beams)
+    alone = [cuda_generator.generate([PROMPT], [a], **beams)[0] for a in adapters]
+    assert [[t for t, _ in c] for c in mixed] == [[t for t, _ in c] for c in alone]
+    assert all(len(c) == 2 and c[0][1] >= c[1][1] for c in mixed)
+
+
+def test_sampling_on_cuda(cuda_generator):
+    sample = dict(DECODE, do_sample=True, num_beams=1, num_return_sequences=3, seed=3)
+    first = cuda_generator.generate([PROMPT, PROMPT], ["alpha", None], **sample)
+    assert first == cuda_generator.generate([PROMPT, PROMPT], ["alpha", None], **sample)
+    assert [len(c) for c in first] == [3, 3]
