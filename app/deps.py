@@ -1,0 +1,22 @@
+"""Dependency accessors over `app.state` (no globals): handlers declare what they need with these aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.service import QAService
+from app.settings import ServiceSettings
+
+
+def get_service(request: Request) -> QAService:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+def get_settings(request: Request) -> ServiceSettings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+ServiceDep = Annotated[QAService, Depends(get_service)]
+SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]

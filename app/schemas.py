@@ -1,0 +1,130 @@
+"""Pydantic request/response models of the HTTP API (the OpenAPI schema is generated from these).
+
+Shape only: limits that depend on settings (max beams, lengths) are checked in `app.service`, so that the
+schema stays static and the error names the field either way.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class DecodingRequest(BaseModel):
+    """Per-request decoding options; anything left out takes the server default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    strategy: Literal["greedy", "beam", "sample"] | None = Field(None, description="greedy, beam or sample.")
+    num_beams: int | None = Field(None, ge=1, description="Beams per prompt (beam strategy).")
+    num_return_sequences: int | None = Field(
+        None, ge=1, description="Outputs kept per prompt (defaults: all beams, or 1)."
+    )
+    max_new_tokens: int | None = Field(None, ge=1, description="Answer length budget in tokens.")
+    temperature: float | None = Field(None, gt=0, description="Sampling temperature.")
+    top_k: int | None = Field(None, ge=0, description="Top-k sampling (0 = off).")
+    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling.")
+    seed: int | None = Field(None, ge=0, description="Seed for sampling.")
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty or only whitespace")
+    return value
+
+
+class AnswerRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "context": "서울시는 한강공원 12곳에 자전거 대여소 120개를 새로 설치한다고 밝혔다.",
+                    "question": "서울시가 새로 설치하는 대여소는 몇 개인가?",
+                }
+            ]
+        },
+    )
+
+    context: str = Field(..., min_length=1, description="The article the answer is taken from.")
+    question: str = Field(..., min_length=1, description="The question to answer.")
+    adapters: list[str] | None = Field(
+        None, description="Ensemble members by adapter name ('base' = the base model); default: all served."
+    )
+    prompts: list[str] | None = Field(None, description="Prompt variants by name; default: the server's.")
+    decoding: DecodingRequest | None = None
+    explain: bool = Field(False, description="Return every candidate with its provenance.")
+
+    _check_context = field_validator("context")(_not_blank)
+    _check_question = field_validator("question")(_not_blank)
+
+    @field_validator("adapters", "prompts")
+    @classmethod
+    def _non_empty_names(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None:
+            if not value:
+                raise ValueError("must name at least one entry (or be omitted for the default)")
+            if any(not name.strip() for name in value):
+                raise ValueError("names must not be empty")
+        return value
+
+
+class CandidateOut(BaseModel):
+    text: str = Field(description="The cleaned (and grounded) candidate.")
+    raw: str = Field(description="What the model generated.")
+    adapter: str = Field(description="Adapter name, or 'base'.")
+    prompt: str = Field(description="Prompt variant.")
+    beam_rank: int = Field(description="0 = the best output of its beam search.")
+    score: float | None = Field(description="Log-probability score from generation.")
+    weight: float = Field(description="Voting weight.")
+    grounded: bool = Field(description="The text is an exact span of the context.")
+    cluster: int | None = Field(
+        description="Cluster of similar answers it voted in (0 = the winner; null = empty)."
+    )
+
+
+class AnswerResponse(BaseModel):
+    answer: str
+    confidence: float = Field(description="Share of the voting weight behind the answer (0..1).")
+    support: int = Field(description="Candidates that agree with the answer.")
+    n_candidates: int
+    candidates: list[CandidateOut] | None = Field(None, description="With explain=true.")
+    adapter_agreement: dict[str, float] | None = Field(
+        None,
+        description="With explain=true: per adapter, the share of its weight that agrees with the answer.",
+    )
+    elapsed_ms: float
+
+
+class AdapterOut(BaseModel):
+    name: str
+    prompt_style: str
+    weight: float
+    base_model: str
+    training: dict[str, object]
+
+
+class AdaptersResponse(BaseModel):
+    base_model: str
+    adapters: list[AdapterOut]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "loading", "failed"]
+    model: str
+    device: str | None = None
+    adapters: list[str] = []
+    detail: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: str = Field(description="Human-readable message.")
+    error_type: str = Field(description="Stable machine-readable kind, e.g. validation_error.")
+    detail: list[dict[str, object]] | dict[str, object] | str | None = Field(
+        None, description="Per-field problems or extra facts."
+    )

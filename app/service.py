@@ -1,0 +1,236 @@
+"""The service object: composes `models` (base model, adapters, generator) and `ensemble` (pipeline) once.
+
+It owns the loading state (loading -> ready | failed) so the HTTP layer can answer /readyz while a large model
+is still being fetched, and it turns validated requests into pipeline calls, checking the limits that depend
+on settings. It knows nothing about HTTP status codes: errors are typed and mapped in `app.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Literal
+
+from app.schemas import AdapterOut, AnswerRequest, AnswerResponse, CandidateOut, DecodingRequest
+from app.settings import ServiceSettings
+from engine import Engine, EngineConfig, build_engine
+from ensemble.plan import Decoding, Member
+from ensemble.prompts import get_prompt_style
+from ensemble.vote import Vote
+
+logger = logging.getLogger(__name__)
+
+BASE_MEMBER = "base"  # the name clients use for the base model without an adapter
+
+
+class ServiceNotReadyError(RuntimeError):
+    """The model is still loading, or loading failed."""
+
+
+class RequestLimitError(ValueError):
+    """A request exceeds a configured limit; `field` names the offending field."""
+
+    def __init__(self, field: str, message: str, *, status: int = 422) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.status = status
+
+
+class UnknownMemberError(KeyError):
+    """A request names an adapter that is not served."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(name)
+        self.message = f"adapters: unknown adapter {name!r}; served: {', '.join(known)}"
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class QAService:
+    """One model + adapters + pipeline per process; thread-safe to call from request handlers."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self.settings = settings
+        self.status: Literal["loading", "ready", "failed"] = "loading"
+        self.error: str | None = None
+        self._engine: Engine | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load now, or in a background thread when settings ask for it."""
+        if self.settings.load_in_background:
+            self._thread = threading.Thread(target=self._load_logged, name="qa-model-loader", daemon=True)
+            self._thread.start()
+        else:
+            self.load()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return self.status == "ready"
+
+    def _load_logged(self) -> None:
+        try:
+            self.load()
+        except Exception:  # already recorded in self.error; the thread must not die silently
+            logger.exception("model loading failed")
+
+    def engine_config(self) -> EngineConfig:
+        s = self.settings
+        return EngineConfig(
+            model=s.model,
+            cache_dir=s.cache_dir,
+            adapters_dir=s.resolved_adapters_dir(),
+            device=s.device,
+            quantization=s.quantization,
+            dtype=s.dtype,
+            max_input_tokens=s.max_input_tokens,
+            default_prompts=tuple(s.default_prompts),
+            default_decoding=self._defaults(),
+        )
+
+    def load(self) -> None:
+        try:
+            self._engine = build_engine(self.engine_config())
+        except Exception as exc:
+            self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
+            raise
+        self.status = "ready"
+
+    # -- queries -------------------------------------------------------------------------------------------
+    def _require(self) -> Engine:
+        if self._engine is None:
+            detail = f" ({self.error})" if self.error else ""
+            raise ServiceNotReadyError(f"model {self.settings.model!r} is {self.status}{detail}")
+        return self._engine
+
+    @property
+    def device(self) -> str | None:
+        return self._engine.generator.device if self._engine else None
+
+    def adapter_names(self) -> list[str]:
+        return self._engine.adapter_names if self._engine else []
+
+    def adapters(self) -> list[AdapterOut]:
+        engine = self._require()
+        if engine.registry is None:
+            return []
+        out = []
+        for name in self.adapter_names():
+            m = engine.registry.get(name).manifest
+            out.append(
+                AdapterOut(
+                    name=name,
+                    prompt_style=m.prompt_style,
+                    weight=m.weight,
+                    base_model=m.base_model,
+                    training=dict(m.training),
+                )
+            )
+        return out
+
+    def _defaults(self) -> Decoding:
+        s = self.settings
+        beams = s.default_num_beams if s.default_strategy == "beam" else 1
+        return Decoding(strategy=s.default_strategy, num_beams=beams, max_new_tokens=s.default_max_new_tokens)
+
+    # -- answering -----------------------------------------------------------------------------------------
+    def _members(self, names: list[str] | None) -> list[Member] | None:
+        if names is None:
+            return None
+        engine = self._require()
+        served = engine.adapter_names
+        members = []
+        for name in dict.fromkeys(names):
+            if name == BASE_MEMBER:
+                members.append(Member(adapter=None))
+            elif name in served:
+                members.extend(m for m in engine.members() if m.adapter == name)
+            else:
+                raise UnknownMemberError(name, [BASE_MEMBER, *served])
+        return members
+
+    def _decoding(self, req: DecodingRequest | None) -> Decoding:
+        base = self._defaults()
+        if req is None:
+            return base
+        s = self.settings
+        strategy = req.strategy or base.strategy
+        if req.num_beams is not None and req.num_beams > s.max_beams_limit:
+            raise RequestLimitError("decoding.num_beams", f"at most {s.max_beams_limit}")
+        if req.max_new_tokens is not None and req.max_new_tokens > s.max_new_tokens_limit:
+            raise RequestLimitError("decoding.max_new_tokens", f"at most {s.max_new_tokens_limit}")
+        if strategy == "beam":
+            num_beams = req.num_beams or (base.num_beams if base.strategy == "beam" else s.default_num_beams)
+        else:
+            num_beams = 1
+        return Decoding(
+            strategy=strategy,
+            num_beams=num_beams,
+            num_return_sequences=req.num_return_sequences,
+            max_new_tokens=req.max_new_tokens or base.max_new_tokens,
+            temperature=req.temperature if req.temperature is not None else base.temperature,
+            top_k=req.top_k if req.top_k is not None else base.top_k,
+            top_p=req.top_p if req.top_p is not None else base.top_p,
+            seed=req.seed,
+        )
+
+    def answer(self, req: AnswerRequest) -> AnswerResponse:
+        s = self.settings
+        engine = self._require()
+        if len(req.context) > s.max_context_chars:
+            raise RequestLimitError("context", f"longer than {s.max_context_chars} characters", status=413)
+        if len(req.question) > s.max_question_chars:
+            raise RequestLimitError("question", f"longer than {s.max_question_chars} characters", status=413)
+        members = self._members(req.adapters)
+        prompts = tuple(dict.fromkeys(req.prompts)) if req.prompts is not None else None
+        for name in prompts or ():
+            get_prompt_style(name)
+        decoding = self._decoding(req.decoding)
+        n_members = len(members) if members is not None else len(engine.members())
+        n_prompts = len(prompts) if prompts is not None else len(s.default_prompts)
+        n_candidates = n_members * n_prompts * decoding.n_outputs
+        if n_candidates > s.max_candidates_limit:
+            raise RequestLimitError(
+                "adapters",
+                f"{n_members} adapters x {n_prompts} prompts x {decoding.n_outputs} outputs = "
+                f"{n_candidates} candidates, more than the limit of {s.max_candidates_limit}",
+            )
+        started = time.perf_counter()
+        vote = engine.pipeline.answer(
+            req.context, req.question, members=members, prompts=prompts, decoding=decoding
+        )
+        return to_response(vote, explain=req.explain, elapsed_ms=1000 * (time.perf_counter() - started))
+
+
+def to_response(vote: Vote, *, explain: bool, elapsed_ms: float) -> AnswerResponse:
+    candidates = None
+    agreement = None
+    if explain:
+        candidates = [
+            CandidateOut(
+                text=v.candidate.text,
+                raw=v.candidate.raw,
+                adapter=v.candidate.adapter or BASE_MEMBER,
+                prompt=v.candidate.prompt,
+                beam_rank=v.candidate.beam_rank,
+                score=v.candidate.score,
+                weight=v.effective_weight,
+                grounded=v.candidate.grounded,
+                cluster=v.cluster,
+            )
+            for v in vote.candidates
+        ]
+        agreement = dict(vote.adapter_agreement)
+    return AnswerResponse(
+        answer=vote.answer,
+        confidence=vote.confidence,
+        support=vote.support,
+        n_candidates=len(vote.candidates),
+        candidates=candidates,
+        adapter_agreement=agreement,
+        elapsed_ms=round(elapsed_ms, 2),
+    )

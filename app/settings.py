@@ -1,0 +1,78 @@
+"""Service settings: the only place that reads environment variables (prefix `QA_`).
+
+Everything else receives a `ServiceSettings` instance. Limits are settings so operators can tune them; each is
+documented in the README's configuration table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "qa-ensemble"
+
+
+class ServiceSettings(BaseSettings):
+    """Configuration of one service process."""
+
+    model_config = SettingsConfigDict(env_prefix="QA_", extra="ignore", frozen=True)
+
+    model: str = Field(
+        "qwen2.5-coder-0.5b",
+        description="Base model: a PyPI-shipped model key, 'tiny-random', a local folder or a hub id.",
+    )
+    adapters_dir: Path | None = Field(
+        None,
+        description="Folder of LoRA adapters (one sub-folder each, with qa_adapter.json). "
+        "Unset: the repository's adapters/ folder when it exists, else the base model alone.",
+    )
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="Where fetched models are cached.")
+    host: str = Field("127.0.0.1", description="Address qa-serve binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port qa-serve binds to.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs.")
+    quantization: Literal["auto", "4bit", "none"] = Field(
+        "auto", description="auto: 4-bit NF4 on CUDA, none on CPU."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto", description="auto: bfloat16 on CUDA, float32 on CPU."
+    )
+    default_prompts: tuple[str, ...] = Field(
+        ("zero-shot", "principled"), description="Prompt variants used when a request names none."
+    )
+    default_strategy: Literal["greedy", "beam", "sample"] = Field("beam", description="Default decoding.")
+    default_num_beams: int = Field(3, ge=1, description="Default beams (and beam outputs) per prompt.")
+    default_max_new_tokens: int = Field(24, ge=1, description="Default answer length budget in tokens.")
+    max_new_tokens_limit: int = Field(128, ge=1, description="Largest max_new_tokens a request may ask for.")
+    max_beams_limit: int = Field(8, ge=1, description="Largest num_beams a request may ask for.")
+    max_candidates_limit: int = Field(
+        96, ge=1, description="Largest adapters x prompts x outputs one request may ask for."
+    )
+    max_context_chars: int = Field(20_000, ge=1, description="Longest context accepted, in characters.")
+    max_question_chars: int = Field(1_000, ge=1, description="Longest question accepted, in characters.")
+    max_input_tokens: int = Field(4_096, ge=16, description="Longest rendered prompt accepted, in tokens.")
+    load_in_background: bool = Field(
+        True, description="Load the model after the server starts listening (readyz says 503 until done)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+
+    @field_validator("default_prompts", mode="before")
+    @classmethod
+    def _split_prompts(cls, value: object) -> object:
+        # Env vars arrive as strings: accept "zero-shot,principled" as well as a JSON list.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    def resolved_adapters_dir(self) -> Path | None:
+        """The adapters folder to serve, or None for the base model alone."""
+        if self.adapters_dir is not None:
+            return self.adapters_dir
+        embedded = REPO_ROOT / "adapters"
+        return embedded if embedded.is_dir() else None

