@@ -1,0 +1,26 @@
+# The two commands a newcomer needs: `make serve` and `make test` (.ci/run calls `make test` too).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: serve test lint
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# torch first: on a machine without torch this takes the CPU build 2.13.0; an installed (e.g. CUDA) torch is kept.
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+serve: $(VENV)/.installed
+	$(BIN)/qa-serve
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check app models ensemble tests
+	$(BIN)/lint-imports
