@@ -1,0 +1,200 @@
+"""Run a pipeline over many examples: chunked, length-sorted, one result per input row, scored on gold.
+
+Used by `POST /batch` and `qa-eval run`, so the service and the offline report compute the same thing. A chunk
+that fails is retried row by row, so one bad row (a prompt too long, say) fails only itself: the output always
+has exactly one row per input row, in input order, with its id and, for a failed row, the error. This module
+runs no threads and holds no state between calls; callers report progress and cancel through callbacks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ensemble.datasets import QAExample
+from ensemble.metric import Metric, Scores, score_predictions
+from ensemble.pipeline import EnsemblePipeline, QARequest
+from ensemble.plan import Decoding, Member
+from ensemble.strategies import ENSEMBLE, strategy_answers
+from ensemble.vote import Vote
+
+
+class BatchCancelledError(RuntimeError):
+    """The caller asked the batch to stop (`should_stop` returned True)."""
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What to run for every row."""
+
+    members: tuple[Member, ...] | None = None
+    """Ensemble members; None = the pipeline's default (every served adapter, or the base)."""
+    prompts: tuple[str, ...] | None = None
+    """Prompt variants; None = the pipeline's default."""
+    decoding: Decoding | None = None
+    """Decoding of the main pass; None = the pipeline's default (beam search)."""
+    strategies: bool = False
+    """Also answer per strategy. Adds a greedy pass (one output per member x prompt) beside the main pass,
+    unless the main pass is already greedy; every other strategy is re-voted from the main pass."""
+    chunk_size: int = 16
+    """Questions per generation batch."""
+    metric: Metric = "korquad"
+    """Metric used when the examples carry gold answers."""
+
+    def __post_init__(self) -> None:
+        if self.chunk_size < 1:
+            raise ValueError(f"chunk_size: must be >= 1; got {self.chunk_size}")
+
+
+@dataclass(frozen=True)
+class RowResult:
+    """The answer to one input row (or why there is none)."""
+
+    id: str
+    answer: str
+    confidence: float
+    support: int
+    error: str | None = None
+    vote: Vote | None = None
+    """The full vote (candidates with provenance); None for a failed row."""
+    strategies: dict[str, str] = field(default_factory=dict)
+    """Strategy id -> answer, when requested."""
+    strategy_error: str | None = None
+    """Why the greedy pass failed for this row (its ``greedy:*`` strategies are then missing, scored 0)."""
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    rows: list[RowResult]
+    scores: dict[str, Scores] | None
+    """Strategy id (``ensemble`` always) -> EM/F1, when every example has gold answers."""
+    seconds: dict[str, float]
+    """Wall time of the main pass, the greedy pass (with strategies) and in all."""
+
+    @property
+    def failed(self) -> list[RowResult]:
+        return [row for row in self.rows if row.error is not None]
+
+
+def _requests(
+    examples: Sequence[QAExample], options: BatchOptions, decoding: Decoding | None
+) -> list[QARequest]:
+    return [
+        QARequest(
+            context=ex.context,
+            question=ex.question,
+            members=options.members,
+            prompts=options.prompts,
+            decoding=decoding,
+        )
+        for ex in examples
+    ]
+
+
+def _answer_isolated(pipeline: EnsemblePipeline, requests: list[QARequest]) -> list[Vote | Exception]:
+    """All at once; if that fails, row by row so only the bad rows fail."""
+    try:
+        return list(pipeline.answer_many(requests))
+    except Exception:  # noqa: BLE001 - the error is re-raised per row below, attached to its row
+        results: list[Vote | Exception] = []
+        for request in requests:
+            try:
+                results.append(pipeline.answer_many([request])[0])
+            except Exception as exc:  # noqa: BLE001 - recorded on the row; the batch goes on
+                results.append(exc)
+        return results
+
+
+def run_batch(
+    pipeline: EnsemblePipeline,
+    examples: Sequence[QAExample],
+    options: BatchOptions | None = None,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> BatchResult:
+    """Answer every example. `on_progress(done, total)` runs after each chunk; `should_stop()` cancels."""
+    options = options or BatchOptions()
+    total = len(examples)
+    # Similar lengths in one chunk waste less padding; results go back to input order at the end.
+    order = sorted(range(total), key=lambda i: len(examples[i].context) + len(examples[i].question))
+    decoding = options.decoding or pipeline.config.default_decoding
+    greedy = Decoding(strategy="greedy", max_new_tokens=decoding.max_new_tokens)
+    # A greedy main pass already holds the greedy candidates: no second pass then.
+    greedy_pass = options.strategies and decoding.generate_kwargs() != greedy.generate_kwargs()
+    main: dict[int, Vote | Exception] = {}
+    extra: dict[int, Vote | Exception] = {}
+    seconds = {"main": 0.0, "greedy": 0.0}
+    started = time.perf_counter()
+    done = 0
+    for start in range(0, total, options.chunk_size):
+        if should_stop is not None and should_stop():
+            raise BatchCancelledError(f"stopped after {done} of {total} rows")
+        index = order[start : start + options.chunk_size]
+        chunk = [examples[i] for i in index]
+        t0 = time.perf_counter()
+        main.update(zip(index, _answer_isolated(pipeline, _requests(chunk, options, decoding)), strict=True))
+        seconds["main"] += time.perf_counter() - t0
+        if greedy_pass:
+            t0 = time.perf_counter()
+            extra.update(
+                zip(index, _answer_isolated(pipeline, _requests(chunk, options, greedy)), strict=True)
+            )
+            seconds["greedy"] += time.perf_counter() - t0
+        done += len(index)
+        if on_progress is not None:
+            on_progress(done, total)
+    seconds["total"] = time.perf_counter() - started
+
+    rows = []
+    for i, ex in enumerate(examples):
+        result = main[i]
+        if isinstance(result, Exception):
+            rows.append(RowResult(ex.id, "", 0.0, 0, error=f"{type(result).__name__}: {result}"))
+            continue
+        strategies: dict[str, str] = {}
+        strategy_error = None
+        if options.strategies:
+            greedy_vote = extra[i] if greedy_pass else result
+            greedy_candidates = []
+            if isinstance(greedy_vote, Vote):
+                greedy_candidates = [v.candidate for v in greedy_vote.candidates]
+            else:
+                strategy_error = f"greedy pass: {type(greedy_vote).__name__}: {greedy_vote}"
+            strategies = strategy_answers(
+                [v.candidate for v in result.candidates], greedy_candidates, pipeline.config.vote
+            )
+        rows.append(
+            RowResult(
+                ex.id,
+                result.answer,
+                result.confidence,
+                result.support,
+                vote=result,
+                strategies=strategies,
+                strategy_error=strategy_error,
+            )
+        )
+    return BatchResult(rows=rows, scores=_scores(examples, rows, options), seconds=seconds)
+
+
+def _prediction(row: RowResult, strategy: str) -> str | None:
+    if row.error is not None:
+        return None  # a failed row has no prediction and scores 0, as the metric treats a missing answer
+    return row.answer if strategy == ENSEMBLE else row.strategies.get(strategy)
+
+
+def _scores(
+    examples: Sequence[QAExample], rows: list[RowResult], options: BatchOptions
+) -> dict[str, Scores] | None:
+    if not examples or any(not ex.answers for ex in examples):
+        return None
+    gold = {ex.id: list(ex.answers) for ex in examples}
+    ids = dict.fromkeys(s for row in rows for s in row.strategies)
+    ids.setdefault(ENSEMBLE)
+    scores = {}
+    for strategy in ids:
+        predictions = {row.id: p for row in rows if (p := _prediction(row, strategy)) is not None}
+        scores[strategy] = score_predictions(gold, predictions, metric=options.metric)
+    return scores

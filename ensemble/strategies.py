@@ -1,0 +1,62 @@
+"""Per-strategy answers re-voted from the candidates of one generation pass.
+
+A scored batch answers every question once with the full plan (members x prompts x beams), plus a greedy
+pass (one output per member x prompt) when the main pass is not greedy itself, and then asks, from those
+candidates: what would each member alone have answered greedily, with its top beam, voting over its beams
+and prompts; each prompt variant across members; and the full ensemble. Re-voting needs no generation, so
+comparing every strategy costs the one pass through the data (two generate calls per chunk).
+
+Strategy ids (stable, used as report rows and JSON keys):
+``greedy:<member>:<prompt>``, ``top-beam:<member>:<prompt>``, ``member:<member>`` (its beams x prompts voted),
+``prompt:<prompt>`` (all members' beams for that prompt voted), ``ensemble`` (every beam candidate voted).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ensemble.plan import BASE_MEMBER_NAME
+from ensemble.vote import Candidate, VoteConfig, vote
+
+ENSEMBLE = "ensemble"
+
+
+def member_name(candidate: Candidate) -> str:
+    return candidate.adapter if candidate.adapter is not None else BASE_MEMBER_NAME
+
+
+def _voted(candidates: Sequence[Candidate], config: VoteConfig | None) -> str:
+    return vote(candidates, config).answer if candidates else ""
+
+
+def strategy_answers(
+    beam: Sequence[Candidate], greedy: Sequence[Candidate] = (), config: VoteConfig | None = None
+) -> dict[str, str]:
+    """Strategy id -> answer, in a stable order (members, then prompts, then the ensemble).
+
+    ``beam`` are the candidates of the beam (or sampling) pass, ``greedy`` those of an optional greedy pass.
+    """
+    members = list(dict.fromkeys(member_name(c) for c in (*beam, *greedy)))
+    prompts = list(dict.fromkeys(c.prompt for c in (*beam, *greedy)))
+    answers: dict[str, str] = {}
+    for member in members:
+        own = [c for c in beam if member_name(c) == member]
+        for prompt in prompts:
+            first_greedy = next(
+                (c for c in greedy if member_name(c) == member and c.prompt == prompt and c.beam_rank == 0),
+                None,
+            )
+            if first_greedy is not None:
+                answers[f"greedy:{member}:{prompt}"] = first_greedy.text
+            top = next((c for c in own if c.prompt == prompt and c.beam_rank == 0), None)
+            if top is not None:
+                answers[f"top-beam:{member}:{prompt}"] = top.text
+        if own:
+            answers[f"member:{member}"] = _voted(own, config)
+    for prompt in prompts:
+        same_prompt = [c for c in beam if c.prompt == prompt]
+        if same_prompt:
+            answers[f"prompt:{prompt}"] = _voted(same_prompt, config)
+    if beam:
+        answers[ENSEMBLE] = _voted(beam, config)
+    return answers
