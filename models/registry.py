@@ -22,6 +22,17 @@ MANIFEST_NAME = "qa_adapter.json"
 FORMAT_VERSION = 1
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RESERVED_NAMES = frozenset({"base", "__base__"})
+"""Clients say "base" for the base model alone (and peft says "__base__"): no adapter may take those names."""
+
+
+def _check_name(name: str, what: str) -> None:
+    if not ADAPTER_NAME.match(name):
+        raise AdapterError(f"{what} {name!r} must match {ADAPTER_NAME.pattern}")
+    if name.lower() in RESERVED_NAMES:
+        raise AdapterError(f"{what} {name!r} is reserved for the base model; rename the adapter")
+
+
 _STR_FIELDS = ("name", "base_model", "base_fingerprint", "prompt_style", "created")
 
 
@@ -54,8 +65,7 @@ class AdapterManifest:
             value = getattr(self, name)
             if not isinstance(value, str) or not value.strip():
                 raise AdapterError(f"manifest field {name!r} must be a non-empty string, got {value!r}")
-        if not ADAPTER_NAME.match(self.name):
-            raise AdapterError(f"manifest field 'name' {self.name!r} must match {ADAPTER_NAME.pattern}")
+        _check_name(self.name, "manifest field 'name'")
         weight = self.weight
         if (
             isinstance(weight, bool)
@@ -126,8 +136,7 @@ class AdapterSpec:
 def check_adapter_folder(folder: Path, *, base_key: str, base_fingerprint: str) -> AdapterSpec:
     """Validate one adapter folder against the served base; raise `AdapterError` naming what is wrong."""
     name = folder.name
-    if not ADAPTER_NAME.match(name):
-        raise AdapterError(f"adapter folder name {name!r} must match {ADAPTER_NAME.pattern}")
+    _check_name(name, "adapter folder name")
     if not (folder / ADAPTER_WEIGHTS).is_file():
         pickles = sorted(p.name for p in folder.glob("*.bin"))
         hint = (
