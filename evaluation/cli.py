@@ -1,0 +1,227 @@
+"""`qa-eval`: score a prediction file, or run the pipeline offline over a data file and write a report.
+
+    qa-eval score --data FILE --predictions FILE [--metric korquad|squad] [--split train|eval|all]
+    qa-eval run --data FILE [--split train|eval|all] [--limit N] [--sample-seed S] [--out DIR]
+                [--model SPEC] [--adapters-dir DIR] [--cache-dir DIR] [--device D] [--quantization Q]
+                [--dtype T] [--max-input-tokens N] [--prompts a,b,c] [--num-beams N] [--max-new-tokens N]
+                [--chunk-size N] [--metric korquad|squad] [--no-strategies] [--no-progress]
+
+`--split` keeps only the questions whose article falls in the project's fixed md5-by-title split
+(KorQuAD/SQuAD JSON only); `all` (the default) keeps every question of any supported file. `--limit N` then
+draws a fixed random sample of N questions with `random.Random(--sample-seed)` (default seed 0) and puts it
+back into file order, so the same file, split, limit and seed always select the same questions.
+This module only parses arguments and prints; the work is in `evaluation.run` and `ensemble`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+
+from ensemble.datasets import DataFormatError, read_predictions
+from ensemble.metric import ScoringError, score_predictions
+from ensemble.plan import Decoding
+from ensemble.prompts import DEFAULT_PROMPTS, PROMPT_STYLES
+from evaluation.selection import load_split, select
+
+SELECTION_HELP = __doc__[__doc__.index("`--split`") : __doc__.index("This module")]
+# EngineConfig's default (a test keeps them equal): `engine` is imported by `run` only, since it loads torch.
+DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+DEFAULT_CACHE_DIR = Path.home() / ".cache" / "qa-ensemble"
+# The service's defaults (app/settings.py), so a report describes what users get unless flags say otherwise.
+DEFAULT_NUM_BEAMS = 3
+DEFAULT_MAX_NEW_TOKENS = 24
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {value}")
+    return value
+
+
+def _prompts(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in PROMPT_STYLES]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown prompt style(s) {', '.join(unknown) or '(none given)'}; "
+            f"known: {', '.join(PROMPT_STYLES)}"
+        )
+    return names
+
+
+def _score(args: argparse.Namespace) -> int:
+    examples = load_split(args.data, args.split)
+    gold = {ex.id: list(ex.answers) for ex in examples}
+    predictions = read_predictions(args.predictions)
+    scores = score_predictions(gold, predictions, metric=args.metric)
+    extra = sum(1 for qid in predictions if qid not in gold)
+    sys.stdout.write(
+        f"EM {scores.exact_match:.2f}\nF1 {scores.f1:.2f}\n"
+        f"count {scores.count}\nmissing {scores.missing}\nextra {extra}\n"
+    )
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    # Imported here so `score` starts fast: these load torch (through engine), matplotlib and tqdm.
+    from engine import EngineConfig
+    from evaluation.run import RunConfig, execute
+
+    selection = select(args.data, args.split, args.limit, args.sample_seed)
+    if not selection.examples:
+        raise DataFormatError(f"no questions in {args.data} (split {args.split})")
+    beam = args.num_beams > 1
+    decoding = Decoding(
+        strategy="beam" if beam else "greedy",
+        num_beams=args.num_beams if beam else 1,
+        max_new_tokens=args.max_new_tokens,
+    )
+    engine = EngineConfig(
+        model=args.model,
+        cache_dir=args.cache_dir,
+        adapters_dir=args.adapters_dir,
+        device=args.device,
+        quantization=args.quantization,
+        dtype=args.dtype,
+        max_input_tokens=args.max_input_tokens,
+        default_prompts=args.prompts,
+        default_decoding=decoding,
+    )
+    out = args.out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    config = RunConfig(
+        engine=engine,
+        out_dir=out,
+        data_path=args.data,
+        command=args.command,
+        chunk_size=args.chunk_size,
+        strategies=args.strategies,
+        metric=args.metric,
+        progress=args.progress,
+    )
+    execute(config, selection)
+    sys.stdout.write((out / "report.md").read_text("utf-8"))
+    sys.stderr.write(f"report written to {out}\n")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="qa-eval",
+        description=__doc__.split("\n", 1)[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    commands = parser.add_subparsers(dest="command_name", required=True)
+
+    data = argparse.ArgumentParser(add_help=False)
+    data.add_argument(
+        "--data", type=Path, metavar="FILE", required=True, help="KorQuAD/SQuAD JSON, CSV or JSON Lines file"
+    )
+    data.add_argument(
+        "--split",
+        choices=("train", "eval", "all"),
+        default="all",
+        help="the fixed md5-by-title article split of a KorQuAD/SQuAD JSON file (default: all)",
+    )
+    data.add_argument("--metric", choices=("korquad", "squad"), default="korquad", help="default: korquad")
+
+    score = commands.add_parser("score", parents=[data], help="print EM and F1 of a prediction file")
+    score.add_argument(
+        "--predictions", type=Path, metavar="FILE", required=True, help="{id: answer} JSON or id,answer CSV"
+    )
+    score.set_defaults(handler=_score)
+
+    run = commands.add_parser(
+        "run",
+        parents=[data],
+        help="answer the questions offline and write a report folder",
+        description="Answer the questions offline and write a report folder.\n\n" + SELECTION_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    run.add_argument(
+        "--limit", type=_positive, metavar="N", help="answer a fixed random sample of N questions"
+    )
+    run.add_argument(
+        "--sample-seed", type=int, metavar="S", default=0, help="seed of the --limit sample (default: 0)"
+    )
+    run.add_argument("--out", type=Path, metavar="DIR", help="report folder (default: reports/<timestamp>)")
+    run.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help=f"base model key, 'tiny-random', folder or hub id (default: {DEFAULT_MODEL})",
+    )
+    run.add_argument(
+        "--adapters-dir", type=Path, metavar="DIR", help="folder of adapters (default: none, the base alone)"
+    )
+    run.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help=f"default: {DEFAULT_CACHE_DIR}"
+    )
+    run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    run.add_argument(
+        "--quantization",
+        choices=("auto", "4bit", "none"),
+        default="auto",
+        help="auto: 4-bit NF4 on CUDA, none on the CPU",
+    )
+    run.add_argument(
+        "--dtype",
+        choices=("auto", "bfloat16", "float16", "float32"),
+        default="auto",
+        help="auto: bfloat16 on CUDA, float32 on the CPU",
+    )
+    run.add_argument(
+        "--max-input-tokens",
+        type=_positive,
+        default=4096,
+        help="longest rendered prompt accepted, in tokens (default: 4096, as the service)",
+    )
+    run.add_argument(
+        "--prompts",
+        type=_prompts,
+        default=DEFAULT_PROMPTS,
+        help=f"comma-separated prompt styles (default: {','.join(DEFAULT_PROMPTS)})",
+    )
+    run.add_argument(
+        "--num-beams",
+        type=_positive,
+        default=DEFAULT_NUM_BEAMS,
+        help=f"beams and outputs per prompt; 1 = greedy (default: {DEFAULT_NUM_BEAMS})",
+    )
+    run.add_argument(
+        "--max-new-tokens",
+        type=_positive,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        help=f"answer budget in tokens (default: {DEFAULT_MAX_NEW_TOKENS})",
+    )
+    run.add_argument("--chunk-size", type=_positive, default=16, help="questions per generation batch")
+    run.add_argument(
+        "--no-strategies",
+        dest="strategies",
+        action="store_false",
+        help="score the ensemble only (skips the extra greedy pass)",
+    )
+    run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    run.set_defaults(handler=_run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.command = shlex.join(["qa-eval", *argv])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.handler(args))
+    except (DataFormatError, ScoringError, ValueError, KeyError, OSError) as e:
+        parser.exit(1, f"qa-eval: error: {e}\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
