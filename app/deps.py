@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.jobs import JobManager
 from app.service import QAService
 from app.settings import ServiceSettings
 
@@ -18,5 +19,10 @@ def get_settings(request: Request) -> ServiceSettings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
+def get_jobs(request: Request) -> JobManager:
+    return request.app.state.jobs  # type: ignore[no-any-return]
+
+
 ServiceDep = Annotated[QAService, Depends(get_service)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
+JobsDep = Annotated[JobManager, Depends(get_jobs)]

@@ -13,6 +13,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.batch_input import BatchInputError
+from app.jobs import JobFinishedError, JobNotReadyError, TooManyJobsError, UnknownJobError
 from app.service import RequestLimitError, ServiceNotReadyError, UnknownMemberError
 from ensemble.errors import EmptyPlanError, InvalidDecodingError, NoCandidatesError, UnknownPromptError
 from models.errors import PromptTooLongError
@@ -55,6 +57,7 @@ async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         404: "not_found",
         405: "method_not_allowed",
         413: "payload_too_large",
+        415: "unsupported_media_type",
     }
     message = "body: could not be parsed (not UTF-8 JSON?)" if exc.status_code == 400 else str(exc.detail)
     response = error_body(exc.status_code, message, kinds.get(exc.status_code, "http_error"))
@@ -73,6 +76,21 @@ def _named(status: int, error_type: str, field: str | None):  # type: ignore[no-
         return error_body(status, str(exc), error_type, {"field": field} if field else None)
 
     return handler
+
+
+async def _batch_input(_: Request, exc: BatchInputError) -> JSONResponse:
+    return error_body(exc.status, str(exc), exc.error_type, exc.detail)
+
+
+async def _job_state(_: Request, exc: JobNotReadyError | JobFinishedError) -> JSONResponse:
+    kind = "not_ready" if isinstance(exc, JobNotReadyError) else "already_finished"
+    return error_body(409, str(exc), kind, {"field": "job_id", "status": exc.status})
+
+
+async def _too_many_jobs(_: Request, exc: TooManyJobsError) -> JSONResponse:
+    response = error_body(429, str(exc), "too_many_jobs")
+    response.headers["Retry-After"] = "30"
+    return response
 
 
 async def _not_ready(_: Request, exc: ServiceNotReadyError) -> JSONResponse:
@@ -96,5 +114,10 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EmptyPlanError, _named(422, "empty_plan", None))
     app.add_exception_handler(NoCandidatesError, _named(422, "no_candidates", None))
     app.add_exception_handler(PromptTooLongError, _named(413, "prompt_too_long", "context"))
+    app.add_exception_handler(BatchInputError, _batch_input)  # type: ignore[arg-type]
+    app.add_exception_handler(UnknownJobError, _named(404, "not_found", "job_id"))
+    app.add_exception_handler(JobNotReadyError, _job_state)  # type: ignore[arg-type]
+    app.add_exception_handler(JobFinishedError, _job_state)  # type: ignore[arg-type]
+    app.add_exception_handler(TooManyJobsError, _too_many_jobs)  # type: ignore[arg-type]
     app.add_exception_handler(ServiceNotReadyError, _not_ready)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, _unexpected)

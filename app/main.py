@@ -9,7 +9,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app.errors import install_error_handlers
-from app.routes import adapters, answer, health
+from app.jobs import JobManager
+from app.routes import adapters, answer, batch, health
 from app.service import QAService
 from app.settings import ServiceSettings
 
@@ -23,8 +24,14 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = QAService(settings)
         app.state.service = service
+        jobs = JobManager(settings.batch_max_jobs)
+        app.state.jobs = jobs
         service.start()
-        yield
+        jobs.start()
+        try:
+            yield
+        finally:
+            jobs.stop(timeout=10.0)  # a running job stops after its current chunk
 
     app = FastAPI(
         title="qa-ensemble",
@@ -34,6 +41,6 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_error_handlers(app)
-    for module in (health, answer, adapters):
+    for module in (health, answer, batch, adapters):
         app.include_router(module.router)
     return app

@@ -6,7 +6,8 @@ schema stays static and the error names the field either way.
 
 from __future__ import annotations
 
-from typing import Literal
+from datetime import datetime
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -34,6 +35,15 @@ def _not_blank(value: str) -> str:
     return value
 
 
+def _non_empty_names(value: list[str] | None) -> list[str] | None:
+    if value is not None:
+        if not value:
+            raise ValueError("must name at least one entry (or be omitted for the default)")
+        if any(not name.strip() for name in value):
+            raise ValueError("names must not be empty")
+    return value
+
+
 class AnswerRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -58,16 +68,7 @@ class AnswerRequest(BaseModel):
 
     _check_context = field_validator("context")(_not_blank)
     _check_question = field_validator("question")(_not_blank)
-
-    @field_validator("adapters", "prompts")
-    @classmethod
-    def _non_empty_names(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None:
-            if not value:
-                raise ValueError("must name at least one entry (or be omitted for the default)")
-            if any(not name.strip() for name in value):
-                raise ValueError("names must not be empty")
-        return value
+    _check_names = field_validator("adapters", "prompts")(_non_empty_names)
 
 
 class CandidateOut(BaseModel):
@@ -95,6 +96,89 @@ class AnswerResponse(BaseModel):
         description="With explain=true: per adapter, the share of its weight that agrees with the answer.",
     )
     elapsed_ms: float
+
+
+class BatchOptionsRequest(BaseModel):
+    """How to answer every row of a batch (JSON body fields, or multipart form fields beside the file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adapters: list[str] | None = Field(None, description="Ensemble members, as for /answer.")
+    prompts: list[str] | None = Field(None, description="Prompt variants, as for /answer.")
+    decoding: DecodingRequest | None = None
+    strategies: bool | None = Field(
+        None,
+        description="Also answer per strategy (each member greedy and with beams, each prompt variant, the "
+        "ensemble) from the same generation pass; default: true when every row has a gold answer.",
+    )
+    explain: bool = Field(False, description="Return every candidate of every row with its provenance.")
+    metric: Literal["korquad", "squad"] = Field("korquad", description="EM/F1 definition used on gold rows.")
+
+    _check_names = field_validator("adapters", "prompts")(_non_empty_names)
+
+
+class BatchRequest(BatchOptionsRequest):
+    rows: list[dict[str, Any]] = Field(
+        ...,
+        description="Questions {id, context, question, answer? | answers?, title?}, as in a JSON Lines file.",
+    )
+
+
+class BatchFormRequest(BatchOptionsRequest):
+    """The multipart form fields other than `file` (adapters/prompts comma-separated, decoding as JSON)."""
+
+    format: Literal["auto", "squad", "csv", "jsonl"] = Field(
+        "auto", description="File layout; auto goes by the file name's extension, then by the content."
+    )
+
+
+class BatchRowOut(BaseModel):
+    id: str
+    answer: str = Field(description="The ensemble's answer; empty for a failed row.")
+    confidence: float
+    support: int
+    error: str | None = Field(None, description="Why this row has no answer; null when it has one.")
+    strategies: dict[str, str] | None = Field(None, description="Strategy id -> answer, when requested.")
+    candidates: list[CandidateOut] | None = Field(None, description="With explain=true.")
+
+
+class ScoresOut(BaseModel):
+    exact_match: float = Field(description="Percent of rows matching a gold answer after normalisation.")
+    f1: float = Field(description="Mean best F1 over the gold answers, percent.")
+    count: int = Field(description="Rows scored.")
+    missing: int = Field(description="Rows without an answer (failed), each scored 0.")
+
+
+class BatchResponse(BaseModel):
+    rows: list[BatchRowOut] = Field(description="One per input row, in input order, with its id.")
+    scores: dict[str, ScoresOut] | None = Field(
+        None, description="Strategy id ('ensemble' always) -> EM/F1, when every row has a gold answer."
+    )
+    failed_rows: int
+    seconds: dict[str, float] = Field(description="Wall time of the main pass, the greedy pass and in all.")
+
+
+JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+
+
+class BatchJobResponse(BaseModel):
+    job_id: str
+    status: JobState
+    total: int = Field(description="Rows in the job.")
+    status_url: str
+    result_url: str
+
+
+class JobStatusResponse(BaseModel):
+    job_id: str
+    status: JobState
+    total: int
+    done: int = Field(description="Rows answered so far.")
+    failed_rows: int = Field(description="Rows that failed (known once the job is done).")
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = Field(None, description="Why the job failed or was cancelled.")
 
 
 class AdapterOut(BaseModel):

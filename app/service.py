@@ -10,11 +10,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 from app.schemas import AdapterOut, AnswerRequest, AnswerResponse, CandidateOut, DecodingRequest
 from app.settings import ServiceSettings
 from engine import Engine, EngineConfig, build_engine
+from ensemble.batch import BatchOptions, BatchResult, run_batch
+from ensemble.datasets import QAExample
 from ensemble.plan import Decoding, Member
 from ensemble.prompts import get_prompt_style
 from ensemble.vote import Vote
@@ -46,6 +50,15 @@ class UnknownMemberError(KeyError):
 
     def __str__(self) -> str:
         return self.message
+
+
+@dataclass(frozen=True)
+class ResolvedPlan:
+    """What a request runs, checked against the served adapters, the prompt registry and the limits."""
+
+    members: tuple[Member, ...] | None  # None = every served adapter (the pipeline's default)
+    prompts: tuple[str, ...] | None  # None = the server's default prompts
+    decoding: Decoding
 
 
 class QAService:
@@ -178,6 +191,28 @@ class QAService:
             seed=req.seed,
         )
 
+    def resolve(
+        self, adapters: list[str] | None, prompts: list[str] | None, decoding: DecodingRequest | None
+    ) -> ResolvedPlan:
+        """Members, prompts and decoding of a request (/answer and /batch alike); raises the typed errors."""
+        s = self.settings
+        engine = self._require()
+        members = self._members(adapters)
+        names = tuple(dict.fromkeys(prompts)) if prompts is not None else None
+        for name in names or ():
+            get_prompt_style(name)
+        resolved = self._decoding(decoding)
+        n_members = len(members) if members is not None else len(engine.members())
+        n_prompts = len(names) if names is not None else len(s.default_prompts)
+        n_candidates = n_members * n_prompts * resolved.n_outputs
+        if n_candidates > s.max_candidates_limit:
+            raise RequestLimitError(
+                "adapters",
+                f"{n_members} adapters x {n_prompts} prompts x {resolved.n_outputs} outputs = "
+                f"{n_candidates} candidates, more than the limit of {s.max_candidates_limit}",
+            )
+        return ResolvedPlan(tuple(members) if members is not None else None, names, resolved)
+
     def answer(self, req: AnswerRequest) -> AnswerResponse:
         s = self.settings
         engine = self._require()
@@ -185,52 +220,51 @@ class QAService:
             raise RequestLimitError("context", f"longer than {s.max_context_chars} characters", status=413)
         if len(req.question) > s.max_question_chars:
             raise RequestLimitError("question", f"longer than {s.max_question_chars} characters", status=413)
-        members = self._members(req.adapters)
-        prompts = tuple(dict.fromkeys(req.prompts)) if req.prompts is not None else None
-        for name in prompts or ():
-            get_prompt_style(name)
-        decoding = self._decoding(req.decoding)
-        n_members = len(members) if members is not None else len(engine.members())
-        n_prompts = len(prompts) if prompts is not None else len(s.default_prompts)
-        n_candidates = n_members * n_prompts * decoding.n_outputs
-        if n_candidates > s.max_candidates_limit:
-            raise RequestLimitError(
-                "adapters",
-                f"{n_members} adapters x {n_prompts} prompts x {decoding.n_outputs} outputs = "
-                f"{n_candidates} candidates, more than the limit of {s.max_candidates_limit}",
-            )
+        plan = self.resolve(req.adapters, req.prompts, req.decoding)
         started = time.perf_counter()
         vote = engine.pipeline.answer(
-            req.context, req.question, members=members, prompts=prompts, decoding=decoding
+            req.context, req.question, members=plan.members, prompts=plan.prompts, decoding=plan.decoding
         )
         return to_response(vote, explain=req.explain, elapsed_ms=1000 * (time.perf_counter() - started))
 
+    def run_batch(
+        self,
+        examples: Sequence[QAExample],
+        options: BatchOptions,
+        *,
+        on_progress: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> BatchResult:
+        """Many questions through `ensemble.batch.run_batch` (one result per row, in order)."""
+        pipeline = self._require().pipeline
+        return run_batch(pipeline, examples, options, on_progress=on_progress, should_stop=should_stop)
+
+
+def to_candidates(vote: Vote) -> list[CandidateOut]:
+    """Every candidate of a vote with its provenance (adapter, prompt, beam rank, score, cluster)."""
+    return [
+        CandidateOut(
+            text=v.candidate.text,
+            raw=v.candidate.raw,
+            adapter=v.candidate.adapter or BASE_MEMBER,
+            prompt=v.candidate.prompt,
+            beam_rank=v.candidate.beam_rank,
+            score=v.candidate.score,
+            weight=v.effective_weight,
+            grounded=v.candidate.grounded,
+            cluster=v.cluster,
+        )
+        for v in vote.candidates
+    ]
+
 
 def to_response(vote: Vote, *, explain: bool, elapsed_ms: float) -> AnswerResponse:
-    candidates = None
-    agreement = None
-    if explain:
-        candidates = [
-            CandidateOut(
-                text=v.candidate.text,
-                raw=v.candidate.raw,
-                adapter=v.candidate.adapter or BASE_MEMBER,
-                prompt=v.candidate.prompt,
-                beam_rank=v.candidate.beam_rank,
-                score=v.candidate.score,
-                weight=v.effective_weight,
-                grounded=v.candidate.grounded,
-                cluster=v.cluster,
-            )
-            for v in vote.candidates
-        ]
-        agreement = dict(vote.adapter_agreement)
     return AnswerResponse(
         answer=vote.answer,
         confidence=vote.confidence,
         support=vote.support,
         n_candidates=len(vote.candidates),
-        candidates=candidates,
-        adapter_agreement=agreement,
+        candidates=to_candidates(vote) if explain else None,
+        adapter_agreement=dict(vote.adapter_agreement) if explain else None,
         elapsed_ms=round(elapsed_ms, 2),
     )

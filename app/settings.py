@@ -57,6 +57,22 @@ class ServiceSettings(BaseSettings):
     max_context_chars: int = Field(20_000, ge=1, description="Longest context accepted, in characters.")
     max_question_chars: int = Field(1_000, ge=1, description="Longest question accepted, in characters.")
     max_input_tokens: int = Field(4_096, ge=16, description="Longest rendered prompt accepted, in tokens.")
+    batch_sync_max_rows: int = Field(
+        8,
+        ge=0,
+        description="POST /batch answers at most this many rows inline (200); more become a job (202).",
+    )
+    batch_max_rows: int = Field(5_000, ge=1, description="Most rows one batch may hold (413 past it).")
+    batch_max_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="Largest POST /batch body (upload or JSON rows), in bytes (413)."
+    )
+    batch_chunk_size: int = Field(16, ge=1, description="Questions per generation batch in a batch run.")
+    batch_max_jobs: int = Field(
+        32,
+        ge=1,
+        description="Batch jobs kept in memory; the oldest finished is forgotten first, and when all are "
+        "unfinished a new one is refused (429).",
+    )
     load_in_background: bool = Field(
         True, description="Load the model after the server starts listening (readyz says 503 until done)."
     )

@@ -1,0 +1,199 @@
+"""The body of `POST /batch` (JSON rows, or a multipart upload with form fields) -> a `PreparedBatch`.
+
+Everything is checked before anything runs: the rows (`ensemble.datasets`, which names the row and
+field), their count and lengths, and the members/prompts/decoding (`QAService.resolve`, shared with /answer).
+A problem is one typed error (`BatchInputError`, or FastAPI's `RequestValidationError` for option fields), so
+a bad batch never starts. Reading the bytes off the wire is the route's job; running the batch is
+`app.batch_result`'s.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.datastructures import FormData, UploadFile
+
+from app.schemas import BatchFormRequest, BatchOptionsRequest, BatchRequest
+from app.service import QAService
+from ensemble.batch import BatchOptions
+from ensemble.datasets import DataFormatError, QAExample, load_examples, parse_rows
+
+Source = Literal["file", "rows"]
+T = TypeVar("T")
+_LIST_FIELDS = ("adapters", "prompts")
+
+
+class BatchInputError(ValueError):
+    """A batch that cannot run as sent; `detail` names the field and, where known, the row (line, id)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 422,
+        error_type: str,
+        field: str,
+        row: int | None = None,
+        line: int | None = None,
+        id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.error_type = error_type
+        self.detail: dict[str, object] = {"field": field, "row": row}
+        if line is not None:
+            self.detail["line"] = line
+        if id is not None:
+            self.detail["id"] = id
+
+
+@dataclass(frozen=True)
+class PreparedBatch:
+    """A validated batch, ready to run now or as a job."""
+
+    examples: list[QAExample]
+    options: BatchOptions
+    explain: bool
+
+
+def from_json(body: bytes, service: QAService) -> PreparedBatch:
+    """`{"rows": [...], "adapters"?, "prompts"?, "decoding"?, "strategies"?, "explain"?, "metric"?}`."""
+    try:
+        document = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise HTTPException(400) from exc  # the same "not UTF-8 JSON" error /answer gives
+    except json.JSONDecodeError as exc:
+        error = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {}}
+        raise RequestValidationError([{**error, "ctx": {"error": exc.msg}}]) from exc
+    request = _validated(BatchRequest.model_validate, document)
+    _check_count(len(request.rows), "rows", service)  # before validating thousands of rows
+    try:
+        examples = parse_rows(request.rows)
+    except DataFormatError as exc:
+        raise _invalid_data(exc, "rows") from exc
+    return prepare(service, examples, request, source="rows")
+
+
+def form_options(form: FormData) -> tuple[BatchFormRequest, UploadFile]:
+    """The options among the form fields (lists comma-separated, decoding as JSON) and the one upload."""
+    uploads = form.getlist("file")
+    if len(uploads) != 1 or not isinstance(uploads[0], UploadFile):
+        raise BatchInputError(
+            "file: send exactly one uploaded file in the form field 'file'",
+            error_type="invalid_file",
+            field="file",
+        )
+    fields: dict[str, object] = {}
+    for key in dict.fromkeys(form.keys()):
+        values = form.getlist(key)
+        if key == "file":
+            continue
+        if len(values) != 1 or not isinstance(values[0], str):
+            error = {
+                "type": "value_error",
+                "loc": ("body", key),
+                "msg": "give it once, as text",
+                "input": None,
+            }
+            raise RequestValidationError([error])
+        text = values[0].strip()
+        if not text:
+            continue  # an empty field means the default, as HTML forms send unset fields
+        if key in _LIST_FIELDS:
+            fields[key] = [name.strip() for name in text.split(",")]
+        elif key == "decoding":
+            fields[key] = _json_or_text(text)
+        else:
+            fields[key] = text
+    return _validated(BatchFormRequest.model_validate, fields), uploads[0]
+
+
+def from_upload(
+    data: bytes, filename: str | None, options: BatchFormRequest, service: QAService
+) -> PreparedBatch:
+    """An uploaded file; its name only picks the format (by extension) and is never opened as a path."""
+    try:
+        examples = load_examples(data, format=options.format, filename=filename)
+    except DataFormatError as exc:
+        raise _invalid_data(exc, "file") from exc
+    return prepare(service, examples, options, source="file")
+
+
+def prepare(
+    service: QAService, examples: list[QAExample], request: BatchOptionsRequest, *, source: Source
+) -> PreparedBatch:
+    """Check the row count and lengths, resolve members/prompts/decoding; raises before anything runs."""
+    s = service.settings
+    _check_count(len(examples), source, service)
+    for n, ex in enumerate(examples, start=1):
+        for name, text, limit in (
+            ("context", ex.context, s.max_context_chars),
+            ("question", ex.question, s.max_question_chars),
+        ):
+            if len(text) > limit:
+                raise BatchInputError(
+                    f"{source}: question {n} (id {ex.id!r}), field '{name}': longer than {limit} characters",
+                    status=413,
+                    error_type="payload_too_large",
+                    field=name,
+                    row=n,
+                    id=ex.id,
+                )
+    plan = service.resolve(request.adapters, request.prompts, request.decoding)
+    strategies = request.strategies
+    if strategies is None:
+        strategies = all(ex.answers for ex in examples)
+    options = BatchOptions(
+        members=plan.members,
+        prompts=plan.prompts,
+        decoding=plan.decoding,
+        strategies=strategies,
+        chunk_size=s.batch_chunk_size,
+        metric=request.metric,
+    )
+    return PreparedBatch(examples=examples, options=options, explain=request.explain)
+
+
+def _check_count(count: int, source: Source, service: QAService) -> None:
+    limit = service.settings.batch_max_rows
+    if count == 0:
+        raise BatchInputError(f"{source}: no rows to answer", error_type=f"invalid_{source}", field=source)
+    if count > limit:
+        raise BatchInputError(
+            f"{source}: {count} rows, more than the limit of {limit}",
+            status=413,
+            error_type="payload_too_large",
+            field=source,
+        )
+
+
+def _invalid_data(exc: DataFormatError, source: Source) -> BatchInputError:
+    # File-level problems (not UTF-8, malformed JSON, an empty file) have no column: name the upload itself.
+    return BatchInputError(
+        f"{source}: {exc}",
+        error_type=f"invalid_{source}",
+        field=exc.field or source,
+        row=exc.row,
+        line=exc.line,
+    )
+
+
+def _validated(validate: Callable[[Any], T], value: object) -> T:
+    try:
+        return validate(value)
+    except ValidationError as exc:  # reported like FastAPI's own body errors: 422 naming each field
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        raise RequestValidationError(errors) from exc
+
+
+def _json_or_text(text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text  # pydantic then says the field must be an object, naming it
