@@ -27,3 +27,11 @@ class UnknownAdapterError(KeyError):
 
 class PromptTooLongError(ValueError):
     """A prompt has more tokens than the generator accepts."""
+
+
+class AdapterNotFoundError(UnknownAdapterError):
+    """A named adapter has no folder under the adapters folder, or is not loaded (for an unload)."""
+
+
+class GenerationOutOfMemoryError(RuntimeError):
+    """The accelerator ran out of memory even for a single row; the caller may retry later."""

@@ -6,17 +6,25 @@ out). Every LoRA adapter stays resident on one shared peft model and each row na
 left-padded, generation stops at EOS and, by default, at the end of the answer's first non-empty line (answers
 are one line; the rest would be thrown away by `ensemble.clean` anyway). A lock serialises generation and
 adapter changes, because the server calls from threads. This module does not choose prompts, decoding plans or
-answers: that is `ensemble/`.
+answers: that is `ensemble/`. On CUDA out-of-memory a batch is split in halves and retried
+(`_generate_split`); an adapter's weights are checked against the base before peft touches the shared model
+(`models.weights`).
 """
 
+import gc
+import logging
 import threading
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
-from models.errors import AdapterError, PromptTooLongError, UnknownAdapterError
-from models.registry import AdapterSpec
+from models.errors import AdapterError, GenerationOutOfMemoryError, PromptTooLongError, UnknownAdapterError
+from models.registry import ADAPTER_WEIGHTS, AdapterSpec
+from models.weights import check_lora_weights
+
+logger = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"
 """peft's name for "no adapter" in a mixed batch (see peft's `LoraLayer._mixed_batch_forward`)."""
@@ -44,6 +52,7 @@ class Generator:
         self._max_input_tokens = max_input_tokens
         self._stop_at_newline = stop_at_newline
         self._adapters: dict[str, AdapterSpec] = {}
+        self._attached: set[str] = set()
         self._lock = threading.RLock()
         self._tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         eos = model.generation_config.eos_token_id
@@ -74,12 +83,30 @@ class Generator:
 
     @property
     def adapter_names(self) -> list[str]:
-        return sorted(self._adapters)
+        """Names rows may use: the loaded adapters and any attached with `attach_adapter`."""
+        return sorted(self._adapters.keys() | self._attached)
+
+    def attach_adapter(self, name: str) -> None:
+        """Let rows name `name`, a LoRA adapter already on the peft model passed in (e.g. one being trained).
+
+        Nothing is loaded and the generator does not own it: `unload_adapter` refuses it and its weights may
+        change between calls (training evaluates its adapter through the server's own generation path).
+        """
+        with self._lock:
+            if name not in (getattr(self._model, "peft_config", None) or {}):
+                raise UnknownAdapterError(f"adapter {name!r} is not attached to the model passed in")
+            self._attached.add(name)
 
     def load_adapter(self, spec: AdapterSpec) -> None:
-        """Make an adapter resident (idempotent by name); checking it fits the base is the registry's job."""
+        """Make an adapter resident (idempotent by name).
+
+        Checking its manifest fits the base is the registry's job; its weights (readable, finite, shaped for
+        this base) are checked here, before peft touches the shared model.
+        """
         from peft import PeftModel
 
+        if spec.name not in self._adapters:
+            check_lora_weights(spec.path / ADAPTER_WEIGHTS, self._model, name=spec.name)
         with self._lock:
             if spec.name in self._adapters:
                 if self._adapters[spec.name].path != spec.path:
@@ -95,6 +122,8 @@ class Generator:
                         self._model, str(spec.path), adapter_name=spec.name, is_trainable=False
                     )
             except Exception as e:  # noqa: BLE001 - peft raises many types for a bad folder
+                if isinstance(self._model, PeftModel) and spec.name in self._model.peft_config:
+                    self._model.delete_adapter(spec.name)  # never leave a half-loaded adapter in the model
                 raise AdapterError(f"adapter {spec.name!r} could not be loaded: {e}") from e
             self._model.eval()
             self._adapters[spec.name] = spec
@@ -152,7 +181,7 @@ class Generator:
         n = num_return_sequences
         with self._lock:
             for name in adapters:
-                if name is not None and name not in self._adapters:
+                if name is not None and name not in self._adapters and name not in self._attached:
                     raise UnknownAdapterError(
                         f"unknown adapter {name!r}; loaded: {', '.join(self.adapter_names) or 'none'}"
                     )
@@ -183,11 +212,10 @@ class Generator:
                 kwargs["stopping_criteria"] = StoppingCriteriaList(
                     [_FirstLineDone(input_ids.shape[1], self._line_ends)]
                 )
-            if self._adapters:
+            if self._adapters or self._attached:
                 kwargs["adapter_names"] = [a or BASE_ADAPTER for a in row_adapters]
             with torch.inference_mode():
-                out = self._model.generate(**kwargs)
-                texts, scores = self._decode(out, input_ids.shape[1], beams=num_beams > 1)
+                texts, scores = self._generate_split(kwargs, beams=num_beams > 1)
         results = [
             sorted(
                 zip(texts[i * n : (i + 1) * n], scores[i * n : (i + 1) * n], strict=True), key=lambda c: -c[1]
@@ -195,6 +223,46 @@ class Generator:
             for i in range(len(prompts))
         ]
         return results
+
+    def _generate_split(self, kwargs: dict[str, Any], *, beams: bool) -> tuple[list[str], list[float]]:
+        """Generate and decode the batch in `kwargs`; on CUDA out-of-memory free the cache and run each half.
+
+        Rows are independent (each left-padded, each naming its adapter), so the halves give what the whole
+        would (sampled draws aside). A single row that still does not fit raises `GenerationOutOfMemoryError`.
+        """
+        try:
+            out = self._model.generate(**kwargs)
+            return self._decode(out, kwargs["input_ids"].shape[1], beams=beams)
+        except torch.cuda.OutOfMemoryError as exc:
+            failure = (str(exc).splitlines() or [""])[0]
+        rows = kwargs["input_ids"].shape[0]
+        # Outside the except block: the traceback no longer pins the failed call's tensors.
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if rows == 1:
+            raise GenerationOutOfMemoryError(f"out of accelerator memory for a single prompt ({failure})")
+        logger.warning("out of accelerator memory for %d rows; retrying in halves", rows)
+        texts: list[str] = []
+        scores: list[float] = []
+        for part in (slice(0, rows // 2), slice(rows // 2, rows)):
+            part_texts, part_scores = self._generate_split(self._part(kwargs, part), beams=beams)
+            texts += part_texts
+            scores += part_scores
+        return texts, scores
+
+    def _part(self, kwargs: dict[str, Any], rows: slice) -> dict[str, Any]:
+        """The same generate call for some rows only, without the padding columns none of them needs."""
+        mask = kwargs["attention_mask"][rows]
+        start = int(mask.any(dim=0).int().argmax())
+        part = {**kwargs, "input_ids": kwargs["input_ids"][rows, start:], "attention_mask": mask[:, start:]}
+        if "adapter_names" in kwargs:
+            part["adapter_names"] = kwargs["adapter_names"][rows]
+        if "stopping_criteria" in kwargs:
+            part["stopping_criteria"] = StoppingCriteriaList(
+                [_FirstLineDone(part["input_ids"].shape[1], self._line_ends)]
+            )
+        return part
 
     def _encode(self, rows: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize each row and left-pad them into one batch. Chat-rendered rows already hold their special

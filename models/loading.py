@@ -80,14 +80,11 @@ def load_base(path: Path, config: LoadConfig | None = None):  # -> tuple[PreTrai
     The folder's own sampling defaults (temperature, repetition penalty, ...) are dropped: callers pass every
     decoding parameter explicitly, so the generation config keeps only the special token ids.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoModelForCausalLM
 
     config = config or LoadConfig()
     device, dtype = config.resolved_device(), config.resolved_dtype()
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    tokenizer = load_tokenizer(path)
     kwargs = {"dtype": dtype, "attn_implementation": config.attn_implementation}
     if config.resolved_quantization() == "4bit":
         kwargs["quantization_config"] = bnb_config(dtype)
@@ -97,12 +94,37 @@ def load_base(path: Path, config: LoadConfig | None = None):  # -> tuple[PreTrai
     if device == "cpu" and "device_map" not in kwargs:
         model.to("cpu")
     model.eval()
-    model.generation_config = GenerationConfig(
+    model.generation_config = plain_generation_config(model, tokenizer)
+    return model, tokenizer
+
+
+def load_tokenizer(path: Path):  # -> transformers tokenizer
+    """The folder's tokenizer as the server uses it: left padding and a pad token (EOS, else UNK).
+
+    `load_base` calls it; training calls it too, so its prompts are tokenized exactly as served.
+    """
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token if tokenizer.eos_token is not None else tokenizer.unk_token
+    return tokenizer
+
+
+def plain_generation_config(model, tokenizer):  # -> transformers.GenerationConfig
+    """The model's generation config reduced to its special token ids (EOS includes the tokenizer's).
+
+    The folder's own sampling defaults are dropped because callers pass every decoding parameter; a model
+    loaded by other means (e.g. for training) gets the same config so it generates as the server does.
+    """
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
         bos_token_id=model.generation_config.bos_token_id,
         eos_token_id=_eos_ids(model.generation_config.eos_token_id, tokenizer.eos_token_id),
         pad_token_id=tokenizer.pad_token_id,
     )
-    return model, tokenizer
 
 
 def _eos_ids(configured, tokenizer_eos: int | None) -> list[int]:

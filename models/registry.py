@@ -3,20 +3,23 @@
 An adapter folder holds peft's `adapter_config.json` and `adapter_model.safetensors` (pickled `.bin` weights
 are never accepted) plus our manifest, which pins the base model it was trained on and the prompt style it
 expects.
-The registry is built once from a directory and only ever looked up by name: clients never pass paths.
-It does not load weights (see `generator`) and does not know the prompt texts (see `ensemble.prompts`).
+The registry is built from a directory and looked up by name: clients never pass paths. At run time an
+adapter can be added by name (`find_adapter_folder` resolves a name to a folder strictly inside the adapters
+folder, refusing links out of it) and removed again. It does not load weights (see `generator`) and does
+not know the prompt texts (see `ensemble.prompts`).
 """
 
 import json
 import math
 import re
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.errors import AdapterBaseMismatchError, AdapterError, UnknownAdapterError
+from models.errors import AdapterBaseMismatchError, AdapterError, AdapterNotFoundError, UnknownAdapterError
 
 MANIFEST_NAME = "qa_adapter.json"
 FORMAT_VERSION = 1
@@ -133,6 +136,27 @@ class AdapterSpec:
     manifest: AdapterManifest
 
 
+def find_adapter_folder(root: Path, name: str) -> Path:
+    """The folder of adapter `name` directly inside `root`, with every file the server reads inside `root`.
+
+    The name must match `ADAPTER_NAME` (no separators, no leading dot), and the folder and its files are
+    resolved through any links: one that leads out of `root` is refused (`AdapterError`), so a client naming
+    an adapter can never make the server read elsewhere. A missing folder is `AdapterNotFoundError`.
+    """
+    if not isinstance(name, str) or not ADAPTER_NAME.match(name):
+        raise AdapterError(f"adapter name {name!r} must match {ADAPTER_NAME.pattern}")
+    if name.lower() in RESERVED_NAMES:
+        raise AdapterError(f"adapter name {name!r} is reserved for the base model")
+    real_root = Path(root).resolve()
+    folder = Path(root) / name
+    if not folder.is_dir():
+        raise AdapterNotFoundError(f"adapter {name!r}: no such folder in the adapters folder")
+    for path in (folder, *(folder / f for f in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, MANIFEST_NAME))):
+        if path.exists() and not path.resolve().is_relative_to(real_root):
+            raise AdapterError(f"adapter {name!r}: {path.name} leads out of the adapters folder; refused")
+    return folder
+
+
 def check_adapter_folder(folder: Path, *, base_key: str, base_fingerprint: str) -> AdapterSpec:
     """Validate one adapter folder against the served base; raise `AdapterError` naming what is wrong."""
     name = folder.name
@@ -170,10 +194,11 @@ def check_adapter_folder(folder: Path, *, base_key: str, base_fingerprint: str) 
 
 
 class AdapterRegistry:
-    """Adapters by name, immutable once built."""
+    """Adapters by name; `add` and `remove` change it at run time (thread-safe)."""
 
     def __init__(self, specs: dict[str, AdapterSpec] | None = None) -> None:
         self._specs = dict(specs or {})
+        self._lock = threading.Lock()
 
     @classmethod
     def from_dir(cls, root: Path, *, base_key: str, base_fingerprint: str) -> "AdapterRegistry":
@@ -187,6 +212,19 @@ class AdapterRegistry:
             specs[spec.name] = spec
         return cls(specs)
 
+    def add(self, spec: AdapterSpec) -> None:
+        """Register a validated adapter (idempotent for the same folder; another folder is refused)."""
+        with self._lock:
+            known = self._specs.get(spec.name)
+            if known is not None and known.path != spec.path:
+                raise AdapterError(f"adapter {spec.name!r} is already registered from {known.path}")
+            self._specs[spec.name] = spec
+
+    def remove(self, name: str) -> None:
+        """Forget an adapter (nothing happens when it is not registered)."""
+        with self._lock:
+            self._specs.pop(name, None)
+
     def get(self, name: str) -> AdapterSpec:
         try:
             return self._specs[name]
@@ -195,13 +233,16 @@ class AdapterRegistry:
             raise UnknownAdapterError(f"unknown adapter {name!r}; known adapters: {known}") from None
 
     def names(self) -> list[str]:
-        return sorted(self._specs)
+        with self._lock:
+            return sorted(self._specs)
 
     def __contains__(self, name: object) -> bool:
         return name in self._specs
 
     def __iter__(self) -> Iterator[AdapterSpec]:
-        return iter(self._specs[n] for n in self.names())
+        with self._lock:
+            specs = dict(self._specs)
+        return iter(specs[n] for n in sorted(specs))
 
     def __len__(self) -> int:
         return len(self._specs)
