@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
 from app.schemas import BatchFormRequest, BatchOptionsRequest, BatchRequest
-from app.service import QAService
+from app.service import QAService, RequestLimitError
 from ensemble.batch import BatchOptions
 from ensemble.datasets import DataFormatError, QAExample, load_examples, parse_rows
 
@@ -132,19 +132,18 @@ def prepare(
     s = service.settings
     _check_count(len(examples), source, service)
     for n, ex in enumerate(examples, start=1):
-        for name, text, limit in (
-            ("context", ex.context, s.max_context_chars),
-            ("question", ex.question, s.max_question_chars),
-        ):
-            if len(text) > limit:
-                raise BatchInputError(
-                    f"{source}: question {n} (id {ex.id!r}), field '{name}': longer than {limit} characters",
-                    status=413,
-                    error_type="payload_too_large",
-                    field=name,
-                    row=n,
-                    id=ex.id,
-                )
+        _check_text(ex, n, source)
+        try:
+            service.check_lengths(ex.context, ex.question)
+        except RequestLimitError as exc:
+            raise BatchInputError(
+                f"{source}: question {n} (id {ex.id!r}), field '{exc.field}': {str(exc).split(': ', 1)[1]}",
+                status=413,
+                error_type="payload_too_large",
+                field=exc.field,
+                row=n,
+                id=ex.id,
+            ) from exc
     plan = service.resolve(request.adapters, request.prompts, request.decoding)
     strategies = request.strategies
     if strategies is None:
@@ -158,6 +157,26 @@ def prepare(
         metric=request.metric,
     )
     return PreparedBatch(examples=examples, options=options, explain=request.explain)
+
+
+def _check_text(ex: QAExample, n: int, source: Source) -> None:
+    # JSON escapes can smuggle lone surrogates into strings: not text, and not encodable in the answer either.
+    for name, text in (
+        ("id", ex.id),
+        ("context", ex.context),
+        ("question", ex.question),
+        ("answers", ex.answers),
+    ):
+        for value in [text] if isinstance(text, str) else list(text):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise BatchInputError(
+                    f"{source}: question {n}, field '{name}': not valid Unicode text (a lone surrogate)",
+                    error_type=f"invalid_{source}",
+                    field=name,
+                    row=n,
+                ) from None
 
 
 def _check_count(count: int, source: Source, service: QAService) -> None:

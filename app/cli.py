@@ -1,14 +1,33 @@
-"""`qa-serve`: start the HTTP service with uvicorn. Flags override the `QA_*` environment settings."""
+"""`qa-serve`: start the HTTP service with uvicorn. Flags override the `QA_*` environment settings.
+
+On SIGTERM (or Ctrl-C) uvicorn stops accepting connections and gives requests in flight up to
+`drain_timeout_s` to finish; at the same moment the batch job worker is asked to stop after its current chunk
+(the job becomes `interrupted`, never `done`), and the lifespan waits for it within the same timeout. Then the
+process exits.
+"""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 
 import uvicorn
 
-from app.main import build_app
+from app.main import begin_shutdown, build_app
 from app.settings import ServiceSettings
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the app the moment a graceful shutdown starts (before the drain wait)."""
+
+    def __init__(self, config: uvicorn.Config, on_shutdown: Callable[[], None]) -> None:
+        super().__init__(config)
+        self._on_shutdown = on_shutdown
+
+    async def shutdown(self, sockets: list | None = None) -> None:  # type: ignore[type-arg]
+        self._on_shutdown()
+        await super().shutdown(sockets)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -23,7 +42,15 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    uvicorn.run(build_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    app = build_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=settings.drain_timeout_s,
+    )
+    _DrainingServer(config, on_shutdown=lambda: begin_shutdown(app)).run()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
+from app.admission import Admission
 from app.jobs import JobManager
 from app.service import QAService
 from app.settings import ServiceSettings
@@ -26,3 +27,10 @@ def get_jobs(request: Request) -> JobManager:
 ServiceDep = Annotated[QAService, Depends(get_service)]
 SettingsDep = Annotated[ServiceSettings, Depends(get_settings)]
 JobsDep = Annotated[JobManager, Depends(get_jobs)]
+
+
+def get_admission(request: Request) -> Admission:
+    return request.app.state.admission  # type: ignore[no-any-return]
+
+
+AdmissionDep = Annotated[Admission, Depends(get_admission)]

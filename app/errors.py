@@ -1,31 +1,90 @@
 """Maps every error to one JSON body `{"error", "error_type", "detail"}` and an HTTP status, in one place.
 
-Bad input is a 4xx naming the field; a model that is not ready is 503; anything unexpected is a logged 500
-that leaks no internals. Domain errors stay typed in their packages; only this module knows HTTP.
+Bad input is a 4xx naming the field; a missing or wrong API key 401; a full queue 429 and a request past its
+deadline 504; a model that is not ready, or out of accelerator memory even for one prompt, 503 (both with
+Retry-After); anything unexpected is a logged 500 that leaks no internals. Domain errors stay typed in their
+packages; only this module knows HTTP. The pure ASGI middlewares (`app.auth`, `app.limits`) answer before any
+handler runs, so they get their responses from `unauthorized_response` / `body_too_large_response` here.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.admission import ClientDisconnectedError, OverloadedError, RequestTimeoutError
 from app.batch_input import BatchInputError
-from app.jobs import JobFinishedError, JobNotReadyError, TooManyJobsError, UnknownJobError
+from app.job_errors import JobFinishedError, JobNotReadyError, TooManyJobsError, UnknownJobError
+from app.limits import BodyTooLargeError
+from app.schemas import ErrorResponse
 from app.service import RequestLimitError, ServiceNotReadyError, UnknownMemberError
 from ensemble.errors import EmptyPlanError, InvalidDecodingError, NoCandidatesError, UnknownPromptError
-from models.errors import PromptTooLongError
+from models.errors import (
+    AdapterBaseMismatchError,
+    AdapterError,
+    AdapterNotFoundError,
+    GenerationOutOfMemoryError,
+    PromptTooLongError,
+    UnknownAdapterError,
+)
 
 logger = logging.getLogger(__name__)
 
 
-def error_body(status: int, error: str, error_type: str, detail: object = None) -> JSONResponse:
-    return JSONResponse(
+def error_body(
+    status: int, error: str, error_type: str, detail: object = None, *, retry_after: int | None = None
+) -> JSONResponse:
+    response = JSONResponse(
         status_code=status, content={"error": error, "error_type": error_type, "detail": detail}
     )
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+_DESCRIPTIONS = {
+    400: "Body not UTF-8 JSON, or a malformed multipart form.",
+    404: "Not found.",
+    409: "Conflicts with the resource's state.",
+    413: "Body, or a field of it, past its limit (the body names the field).",
+    415: "Unsupported content type.",
+    422: "Invalid field or option (the body names the field).",
+    429: "Overloaded; see Retry-After.",
+    503: "Model not loaded yet (see /readyz), or out of accelerator memory; see Retry-After.",
+    504: "Not answered within request_timeout_s.",
+}
+
+
+def documented(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses=` for these error statuses, all with the `ErrorResponse` body.
+
+    Routes declare every error they can answer (FastAPI's own 422 schema is not the body this app sends);
+    `descriptions` overrides the wording per status, keyed `s413=...`.
+    """
+    return {
+        status: {"model": ErrorResponse, "description": descriptions.get(f"s{status}", _DESCRIPTIONS[status])}
+        for status in statuses
+    }
+
+
+def unauthorized_response() -> JSONResponse:
+    """The one 401: the same words whether the key was missing, malformed or wrong."""
+    response = error_body(
+        401,
+        "unauthorized: send the API key as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'",
+        "unauthorized",
+    )
+    response.headers["WWW-Authenticate"] = "Bearer"
+    return response
+
+
+def body_too_large_response(exc: BodyTooLargeError) -> JSONResponse:
+    return error_body(413, str(exc.detail), "payload_too_large", {"field": exc.field, "limit": exc.limit})
 
 
 def _field(loc: tuple[object, ...] | list[object]) -> str:
@@ -88,15 +147,32 @@ async def _job_state(_: Request, exc: JobNotReadyError | JobFinishedError) -> JS
 
 
 async def _too_many_jobs(_: Request, exc: TooManyJobsError) -> JSONResponse:
-    response = error_body(429, str(exc), "too_many_jobs")
-    response.headers["Retry-After"] = "30"
-    return response
+    return error_body(429, str(exc), "too_many_jobs", retry_after=30)
 
 
 async def _not_ready(_: Request, exc: ServiceNotReadyError) -> JSONResponse:
-    response = error_body(503, str(exc), "not_ready")
-    response.headers["Retry-After"] = "5"
-    return response
+    return error_body(503, str(exc), "not_ready", retry_after=5)
+
+
+async def _too_large(_: Request, exc: BodyTooLargeError) -> JSONResponse:
+    return body_too_large_response(exc)
+
+
+async def _overloaded(_: Request, exc: OverloadedError) -> JSONResponse:
+    return error_body(429, str(exc), "overloaded", retry_after=exc.retry_after)
+
+
+async def _out_of_memory(_: Request, exc: GenerationOutOfMemoryError) -> JSONResponse:
+    return error_body(503, str(exc), "out_of_memory", retry_after=10)
+
+
+async def _timeout(_: Request, exc: RequestTimeoutError) -> JSONResponse:
+    return error_body(504, str(exc), "timeout")
+
+
+async def _gone(_: Request, exc: ClientDisconnectedError) -> JSONResponse:
+    # Nobody reads this (the client left); 499 is what proxies log for "client closed request".
+    return error_body(499, str(exc), "client_disconnected")
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -120,4 +196,13 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(JobFinishedError, _job_state)  # type: ignore[arg-type]
     app.add_exception_handler(TooManyJobsError, _too_many_jobs)  # type: ignore[arg-type]
     app.add_exception_handler(ServiceNotReadyError, _not_ready)  # type: ignore[arg-type]
+    app.add_exception_handler(BodyTooLargeError, _too_large)  # type: ignore[arg-type]
+    app.add_exception_handler(OverloadedError, _overloaded)  # type: ignore[arg-type]
+    app.add_exception_handler(RequestTimeoutError, _timeout)  # type: ignore[arg-type]
+    app.add_exception_handler(ClientDisconnectedError, _gone)  # type: ignore[arg-type]
+    app.add_exception_handler(GenerationOutOfMemoryError, _out_of_memory)  # type: ignore[arg-type]
+    app.add_exception_handler(AdapterNotFoundError, _named(404, "adapter_not_found", "name"))
+    app.add_exception_handler(AdapterBaseMismatchError, _named(422, "adapter_base_mismatch", "name"))
+    app.add_exception_handler(AdapterError, _named(422, "invalid_adapter", "name"))
+    app.add_exception_handler(UnknownAdapterError, _named(422, "unknown_adapter", "adapters"))
     app.add_exception_handler(Exception, _unexpected)

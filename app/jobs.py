@@ -1,10 +1,12 @@
-"""Batch jobs kept in memory and run one at a time, in submission order, by ONE worker thread.
+"""Batch jobs run one at a time, in submission order, by ONE worker thread; their state kept on disk.
 
 A job is a callable `work(on_progress, should_stop) -> BatchResponse` plus its bookkeeping: queued ->
-running -> done | failed | cancelled. Its result is exposed only once it is done, so nothing half-done is ever
-reported as done. The worker survives anything a job raises (the job is marked failed with the reason) and
-stops when the app shuts down. This module knows neither HTTP nor the model; jobs are lost when the process
-ends.
+running -> done | failed | cancelled | interrupted. Its result is exposed only once it is done, so nothing
+half-done is ever reported as done. The worker survives anything a job raises (the job is marked failed with
+the reason). On shutdown (`request_stop`, then `stop`) queued jobs and a running one (after its current chunk)
+become `interrupted`, never done. With a `JobStore` every state change and the result are written atomically
+(result first), and a restart reports what was finished and marks what was not as interrupted; without one,
+jobs live in memory only. This module knows neither HTTP nor the model.
 """
 
 from __future__ import annotations
@@ -12,51 +14,25 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from app.schemas import BatchResponse, JobState, JobStatusResponse
+from app.job_errors import JobFinishedError, JobNotReadyError, TooManyJobsError, UnknownJobError
+from app.job_store import JobStore
+from app.schemas import BatchResponse, JobState, JobStatusResponse, RowFailureOut
 from ensemble.batch import BatchCancelledError
 
 logger = logging.getLogger(__name__)
+__all__ = ["JobFinishedError", "JobManager", "JobNotReadyError", "TooManyJobsError", "UnknownJobError"]
 
 Work = Callable[[Callable[[int, int], None], Callable[[], bool]], BatchResponse]
 """work(on_progress(done, total), should_stop()) -> the finished result."""
 
-FINISHED: frozenset[JobState] = frozenset({"done", "failed", "cancelled"})
-
-
-class UnknownJobError(KeyError):
-    """No job has this id (never created, or forgotten to make room for newer ones)."""
-
-    def __init__(self, job_id: str) -> None:
-        super().__init__(job_id)
-        self.job_id = job_id
-
-    def __str__(self) -> str:
-        return f"job_id: no batch job {self.job_id!r} (unknown, or finished long ago and forgotten)"
-
-
-class JobNotReadyError(RuntimeError):
-    """The job's result was asked for before the job is done."""
-
-    def __init__(self, job_id: str, status: JobState) -> None:
-        super().__init__(f"job_id: batch job {job_id!r} is {status}; its result exists only once it is done")
-        self.status = status
-
-
-class JobFinishedError(RuntimeError):
-    """A finished job cannot be cancelled."""
-
-    def __init__(self, job_id: str, status: JobState) -> None:
-        super().__init__(f"job_id: batch job {job_id!r} is already {status}")
-        self.status = status
-
-
-class TooManyJobsError(RuntimeError):
-    """Every kept job is still unfinished (or the server is shutting down): try again later."""
+FINISHED: frozenset[JobState] = frozenset({"done", "failed", "cancelled", "interrupted"})
+MAX_FAILURES_LISTED = 100
 
 
 @dataclass
@@ -71,35 +47,37 @@ class _Job:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
-    result: BatchResponse | None = None
+    result: BatchResponse | None = None  # in memory only without a store
+    failures: list[RowFailureOut] | None = None
     stop: threading.Event = field(default_factory=threading.Event)
 
+    @classmethod
+    def restored(cls, status: JobStatusResponse) -> _Job:
+        fields = dict(status)  # the model's own values, not a JSON dump
+        return cls(id=fields.pop("job_id"), work=None, **fields)
+
     def snapshot(self) -> JobStatusResponse:
-        return JobStatusResponse(
-            job_id=self.id,
-            status=self.status,
-            total=self.total,
-            done=self.done,
-            failed_rows=self.failed_rows,
-            created_at=self.created_at,
-            started_at=self.started_at,
-            finished_at=self.finished_at,
-            error=self.error,
-        )
+        fields = {name: getattr(self, name) for name in JobStatusResponse.model_fields if name != "job_id"}
+        return JobStatusResponse(job_id=self.id, **fields)
 
 
 class JobManager:
     """Creates, runs, reports and cancels batch jobs; every method is safe to call from any thread."""
 
-    def __init__(self, max_jobs: int) -> None:
+    def __init__(self, max_jobs: int, store: JobStore | None = None) -> None:
         if max_jobs < 1:
             raise ValueError(f"max_jobs: must be >= 1; got {max_jobs}")
         self.max_jobs = max_jobs
+        self._store = store
         self._jobs: dict[str, _Job] = {}  # insertion order = creation order, oldest first
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
+        self._stop_asked_at: float | None = None
+        if store is not None:
+            for status in store.recover()[-max_jobs:]:  # all finished now; the newest kept
+                self._jobs[status.job_id] = _Job.restored(status)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -107,17 +85,31 @@ class JobManager:
             self._thread = threading.Thread(target=self._worker, name="qa-batch-worker", daemon=True)
             self._thread.start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Cancel what is queued, ask the running job to stop after its current chunk, join the worker."""
-        self._closing.set()
+    def request_stop(self) -> None:
+        """Refuse new jobs, mark queued ones interrupted, ask the running one to stop after its chunk."""
         with self._lock:
+            if self._closing.is_set():
+                return
+            self._closing.set()
+            self._stop_asked_at = time.monotonic()
             for job in self._jobs.values():
                 job.stop.set()
                 if job.status == "queued":
-                    self._finish(job, "cancelled", "the server shut down before the job started")
+                    self._finish(
+                        job, "interrupted", "interrupted: the server shut down before the job started"
+                    )
         self._queue.put(None)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """`request_stop`, then wait for the worker up to `timeout` seconds after the stop was first asked.
+
+        A job still running then is left as it is on disk ("running"), which the next start reports as
+        interrupted: never as done.
+        """
+        self.request_stop()
         if self._thread is not None:
-            self._thread.join(timeout)
+            assert self._stop_asked_at is not None
+            self._thread.join(max(0.0, self._stop_asked_at + timeout - time.monotonic()))
             if self._thread.is_alive():
                 logger.warning("batch worker still busy %.0fs after shutdown was asked; leaving it", timeout)
 
@@ -133,9 +125,12 @@ class JobManager:
                         f"{len(self._jobs)} batch jobs are queued or running (the limit); try again later"
                     )
                 del self._jobs[oldest.id]
+                if self._store is not None:
+                    self._store.delete(oldest.id)
             job = _Job(id=uuid.uuid4().hex, total=total, work=work)
             self._jobs[job.id] = job
             snapshot = job.snapshot()
+            self._save(job)
         self._queue.put(job.id)
         return snapshot
 
@@ -146,9 +141,18 @@ class JobManager:
     def result(self, job_id: str) -> BatchResponse:
         with self._lock:
             job = self._get(job_id)
-            if job.status != "done" or job.result is None:
+            if job.status != "done":
                 raise JobNotReadyError(job_id, job.status)
-            return job.result
+            if job.result is not None or self._store is None:
+                assert job.result is not None, "a done job without a store keeps its result"
+                return job.result
+        try:
+            return self._store.load_result(job_id)  # outside the lock: a large file; "done" means it is whole
+        except (OSError, ValueError) as exc:  # removed or damaged behind our back: say so, never a 500
+            logger.exception("the result file of batch job %s is unreadable", job_id)
+            with self._lock:
+                self._finish(job, "failed", f"failed: the result file is missing or unreadable ({exc})")
+            raise JobNotReadyError(job_id, "failed") from exc
 
     def cancel(self, job_id: str) -> JobStatusResponse:
         """A queued job is cancelled at once; a running one stops after its current chunk."""
@@ -161,6 +165,15 @@ class JobManager:
                 self._finish(job, "cancelled", "cancelled before it started")
             return job.snapshot()
 
+    def _save(self, job: _Job) -> None:
+        """Write the job's status (under the lock, so writes of one job never overtake each other)."""
+        if self._store is None:
+            return
+        try:
+            self._store.save_status(job.snapshot())
+        except OSError:  # a full disk must not kill the worker or the request; the state stays in memory
+            logger.exception("could not save the status of batch job %s", job.id)
+
     # -- the worker --------------------------------------------------------------------------------------
     def _get(self, job_id: str) -> _Job:
         job = self._jobs.get(job_id)
@@ -170,6 +183,7 @@ class JobManager:
 
     def _finish(self, job: _Job, status: JobState, error: str | None = None) -> None:
         job.status, job.error, job.finished_at, job.work = status, error, datetime.now(UTC), None
+        self._save(job)
 
     def _worker(self) -> None:
         while True:
@@ -188,6 +202,7 @@ class JobManager:
                 return
             job, work = found, found.work
             job.status, job.started_at = "running", datetime.now(UTC)
+            self._save(job)
 
         def on_progress(done: int, total: int) -> None:
             with self._lock:
@@ -195,15 +210,29 @@ class JobManager:
 
         try:
             result = work(on_progress, job.stop.is_set)
+            if self._store is not None:
+                self._store.save_result(job.id, result)  # whole on disk before the status says done
         except BatchCancelledError as exc:
             with self._lock:
-                self._finish(job, "cancelled", f"cancelled: {exc}")
+                if self._closing.is_set():
+                    self._finish(
+                        job, "interrupted", f"interrupted: the server shut down; {exc}; submit it again"
+                    )
+                else:
+                    self._finish(job, "cancelled", f"cancelled: {exc}")
         except Exception as exc:  # noqa: BLE001 - recorded on the job; the worker goes on
             logger.exception("batch job %s failed", job.id)
             with self._lock:
                 self._finish(job, "failed", f"{type(exc).__name__}: {exc}")
         else:
+            failures = [
+                RowFailureOut(row=n, id=row.id, error=row.error)
+                for n, row in enumerate(result.rows, start=1)
+                if row.error is not None
+            ]
             with self._lock:
                 # Result and "done" change together under the lock: no reader sees one without the other.
-                job.result, job.done, job.failed_rows = result, len(result.rows), result.failed_rows
+                job.done, job.failed_rows = len(result.rows), result.failed_rows
+                job.failures = failures[:MAX_FAILURES_LISTED] or None
+                job.result = None if self._store is not None else result
                 self._finish(job, "done")

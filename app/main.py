@@ -1,15 +1,26 @@
-"""`build_app(settings)`: the app factory; the lifespan builds the service once into app.state."""
+"""`build_app(settings)`: the app factory; the lifespan builds the service once into app.state.
+
+Around the routes, outermost first: the API key check (`app.auth`, when a key is configured), the body size
+limit (`app.limits`), then FastAPI's own error handling (`app.errors`). The lifespan owns the service, the
+batch job manager (persisted under `jobs_dir`) and the admission control of generating requests; on shutdown
+it stops the job worker (a running job becomes `interrupted`) within `drain_timeout_s`.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 
-from app.errors import install_error_handlers
+from app.admission import Admission
+from app.auth import OPEN_PATHS, ApiKeyMiddleware
+from app.errors import body_too_large_response, install_error_handlers, unauthorized_response
+from app.job_store import JobStore
 from app.jobs import JobManager
+from app.limits import BodyLimitMiddleware
 from app.routes import adapters, answer, batch, health
 from app.service import QAService
 from app.settings import ServiceSettings
@@ -19,19 +30,24 @@ logger = logging.getLogger(__name__)
 
 def build_app(settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
+    api_key = settings.resolved_api_key()  # an unreadable or empty key file fails here, at start
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = QAService(settings)
         app.state.service = service
-        jobs = JobManager(settings.batch_max_jobs)
+        jobs = JobManager(settings.batch_max_jobs, JobStore(settings.resolved_jobs_dir()))
         app.state.jobs = jobs
+        app.state.admission = Admission(
+            settings.max_concurrent_requests, settings.max_queue, settings.request_timeout_s
+        )
         service.start()
         jobs.start()
         try:
             yield
         finally:
-            jobs.stop(timeout=10.0)  # a running job stops after its current chunk
+            jobs.stop(timeout=settings.drain_timeout_s)  # a running job stops after its current chunk
+            app.state.admission.close()
 
     app = FastAPI(
         title="qa-ensemble",
@@ -43,4 +59,52 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, answer, batch, adapters):
         app.include_router(module.router)
+    app.add_middleware(
+        BodyLimitMiddleware,
+        max_bytes=settings.max_body_bytes,
+        limits={("POST", "/batch"): max(settings.batch_max_bytes, settings.max_body_bytes)},
+        respond=body_too_large_response,
+    )
+    if api_key is not None:
+        app.add_middleware(ApiKeyMiddleware, key=api_key, respond=unauthorized_response)
+        _document_api_key(app)
     return app
+
+
+def begin_shutdown(app: FastAPI) -> None:
+    """First step of a graceful stop (SIGTERM): refuse new batch jobs and ask the running one to stop."""
+    jobs: JobManager | None = getattr(app.state, "jobs", None)
+    if jobs is not None:
+        jobs.request_stop()
+
+
+def _document_api_key(app: FastAPI) -> None:
+    """Declare the two ways to send the key, and the 401, on every operation but the health probes."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("securitySchemes", {}).update(
+                {
+                    "bearer": {"type": "http", "scheme": "bearer"},
+                    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                }
+            )
+            error = {"$ref": "#/components/schemas/ErrorResponse"}
+            for path, operations in schema["paths"].items():
+                if path in OPEN_PATHS:
+                    continue
+                for operation in operations.values():
+                    operation["security"] = [{"bearer": []}, {"apiKey": []}]
+                    operation["responses"].setdefault(
+                        "401",
+                        {
+                            "description": "Missing or wrong API key.",
+                            "content": {"application/json": {"schema": error}},
+                        },
+                    )
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

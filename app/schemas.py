@@ -23,15 +23,23 @@ class DecodingRequest(BaseModel):
         None, ge=1, description="Outputs kept per prompt (defaults: all beams, or 1)."
     )
     max_new_tokens: int | None = Field(None, ge=1, description="Answer length budget in tokens.")
-    temperature: float | None = Field(None, gt=0, description="Sampling temperature.")
-    top_k: int | None = Field(None, ge=0, description="Top-k sampling (0 = off).")
-    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling.")
-    seed: int | None = Field(None, ge=0, description="Seed for sampling.")
+    # Static bounds where a value past them breaks the arithmetic (a temperature near 0 overflows the
+    # logits, a seed past 32 bits overflows torch); the limits operators tune are settings (app.service).
+    temperature: float | None = Field(
+        None, ge=0.01, le=100.0, allow_inf_nan=False, description="Sampling temperature."
+    )
+    top_k: int | None = Field(None, ge=0, le=100_000, description="Top-k sampling (0 = off).")
+    top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling.")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Seed for sampling.")
 
 
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty or only whitespace")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # a lone surrogate, e.g. a JSON "\ud800" escape
+        raise ValueError(f"not valid Unicode text (a lone surrogate at {exc.start})") from None
     return value
 
 
@@ -158,7 +166,7 @@ class BatchResponse(BaseModel):
     seconds: dict[str, float] = Field(description="Wall time of the main pass, the greedy pass and in all.")
 
 
-JobState = Literal["queued", "running", "done", "failed", "cancelled"]
+JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]
 
 
 class BatchJobResponse(BaseModel):
@@ -167,6 +175,12 @@ class BatchJobResponse(BaseModel):
     total: int = Field(description="Rows in the job.")
     status_url: str
     result_url: str
+
+
+class RowFailureOut(BaseModel):
+    row: int = Field(description="1-based position of the row in the input.")
+    id: str
+    error: str = Field(description="Why the row has no answer.")
 
 
 class JobStatusResponse(BaseModel):
@@ -178,7 +192,14 @@ class JobStatusResponse(BaseModel):
     created_at: datetime
     started_at: datetime | None = None
     finished_at: datetime | None = None
-    error: str | None = Field(None, description="Why the job failed or was cancelled.")
+    error: str | None = Field(
+        None,
+        description="Why the job failed, was cancelled, or was interrupted (the server stopped under it: "
+        "submit it again).",
+    )
+    failures: list[RowFailureOut] | None = Field(
+        None, description="Once done: the rows that failed and why (the first 100); their answers are empty."
+    )
 
 
 class AdapterOut(BaseModel):
@@ -192,6 +213,12 @@ class AdapterOut(BaseModel):
 class AdaptersResponse(BaseModel):
     base_model: str
     adapters: list[AdapterOut]
+
+
+class AdapterChangeResponse(BaseModel):
+    name: str
+    status: Literal["loaded", "already_loaded", "unloaded"]
+    adapters: list[str] = Field(description="The adapters served after the change.")
 
 
 class HealthResponse(BaseModel):

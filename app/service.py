@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from app.schemas import AdapterOut, AnswerRequest, AnswerResponse, CandidateOut, DecodingRequest
+from app.schemas import AnswerRequest, AnswerResponse, CandidateOut, DecodingRequest
 from app.settings import ServiceSettings
 from engine import Engine, EngineConfig, build_engine
 from ensemble.batch import BatchOptions, BatchResult, run_batch
@@ -114,6 +114,10 @@ class QAService:
         self.status = "ready"
 
     # -- queries -------------------------------------------------------------------------------------------
+    def engine(self) -> Engine:
+        """The loaded engine; `ServiceNotReadyError` while loading or after a failed load."""
+        return self._require()
+
     def _require(self) -> Engine:
         if self._engine is None:
             detail = f" ({self.error})" if self.error else ""
@@ -126,24 +130,6 @@ class QAService:
 
     def adapter_names(self) -> list[str]:
         return self._engine.adapter_names if self._engine else []
-
-    def adapters(self) -> list[AdapterOut]:
-        engine = self._require()
-        if engine.registry is None:
-            return []
-        out = []
-        for name in self.adapter_names():
-            m = engine.registry.get(name).manifest
-            out.append(
-                AdapterOut(
-                    name=name,
-                    prompt_style=m.prompt_style,
-                    weight=m.weight,
-                    base_model=m.base_model,
-                    training=dict(m.training),
-                )
-            )
-        return out
 
     def _defaults(self) -> Decoding:
         s = self.settings
@@ -213,14 +199,28 @@ class QAService:
             )
         return ResolvedPlan(tuple(members) if members is not None else None, names, resolved)
 
-    def answer(self, req: AnswerRequest) -> AnswerResponse:
+    def check_lengths(self, context: str, question: str) -> None:
+        """Characters first (cheap), then tokens with the served tokenizer; a 413 `RequestLimitError`."""
         s = self.settings
+        generator = self._require().generator
+        for field, text, max_chars, max_tokens in (
+            ("context", context, s.max_context_chars, s.max_context_tokens),
+            ("question", question, s.max_question_chars, s.max_question_tokens),
+        ):
+            if len(text) > max_chars:
+                raise RequestLimitError(field, f"longer than {max_chars} characters", status=413)
+            if (n := generator.count_tokens(text)) > max_tokens:
+                raise RequestLimitError(field, f"{n} tokens, more than the limit of {max_tokens}", status=413)
+
+    def check_answer(self, req: AnswerRequest) -> ResolvedPlan:
+        """Every check of an answer request, before it waits for a slot; raises the typed errors."""
+        self.check_lengths(req.context, req.question)
+        return self.resolve(req.adapters, req.prompts, req.decoding)
+
+    def answer(self, req: AnswerRequest, plan: ResolvedPlan | None = None) -> AnswerResponse:
+        """Answer one question (`plan` from `check_answer`, or checked now)."""
         engine = self._require()
-        if len(req.context) > s.max_context_chars:
-            raise RequestLimitError("context", f"longer than {s.max_context_chars} characters", status=413)
-        if len(req.question) > s.max_question_chars:
-            raise RequestLimitError("question", f"longer than {s.max_question_chars} characters", status=413)
-        plan = self.resolve(req.adapters, req.prompts, req.decoding)
+        plan = plan if plan is not None else self.check_answer(req)
         started = time.perf_counter()
         vote = engine.pipeline.answer(
             req.context, req.question, members=plan.members, prompts=plan.prompts, decoding=plan.decoding

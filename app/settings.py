@@ -6,11 +6,12 @@ documented in the README's configuration table.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,7 +44,8 @@ class ServiceSettings(BaseSettings):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto: bfloat16 on CUDA, float32 on CPU."
     )
-    default_prompts: tuple[str, ...] = Field(
+    # NoDecode: pydantic-settings would parse the variable as JSON first and refuse "zero-shot,principled".
+    default_prompts: Annotated[tuple[str, ...], NoDecode] = Field(
         ("zero-shot", "principled"), description="Prompt variants used when a request names none."
     )
     default_strategy: Literal["greedy", "beam", "sample"] = Field("beam", description="Default decoding.")
@@ -73,6 +75,41 @@ class ServiceSettings(BaseSettings):
         description="Batch jobs kept in memory; the oldest finished is forgotten first, and when all are "
         "unfinished a new one is refused (429).",
     )
+    max_body_bytes: int = Field(
+        2 * 1024 * 1024,
+        ge=1,
+        description="Largest request body on every route but POST /batch (which has batch_max_bytes), in "
+        "bytes (413 past it).",
+    )
+    max_context_tokens: int = Field(3_072, ge=1, description="Longest context accepted, in tokens (413).")
+    max_question_tokens: int = Field(256, ge=1, description="Longest question accepted, in tokens (413).")
+    max_concurrent_requests: int = Field(
+        2,
+        ge=1,
+        description="Answer requests (and inline batches) generating at once; more wait in the queue.",
+    )
+    max_queue: int = Field(
+        16, ge=0, description="Answer requests waiting for a slot; past it a request is refused (429)."
+    )
+    request_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest an answer request (queue wait + generation) may take before it is answered 504.",
+    )
+    drain_timeout_s: float = Field(
+        30.0,
+        ge=0,
+        description="On SIGTERM: how long in-flight requests and a running batch chunk may take to finish.",
+    )
+    jobs_dir: Path | None = Field(
+        None, description="Where batch job states and results are written. Unset: <cache_dir>/jobs."
+    )
+    api_key: SecretStr | None = Field(
+        None, description="When set, every route but /healthz and /readyz requires this key."
+    )
+    api_key_file: Path | None = Field(
+        None, description="A file holding the API key (first line); used when api_key is unset."
+    )
     load_in_background: bool = Field(
         True, description="Load the model after the server starts listening (readyz says 503 until done)."
     )
@@ -82,7 +119,9 @@ class ServiceSettings(BaseSettings):
     @classmethod
     def _split_prompts(cls, value: object) -> object:
         # Env vars arrive as strings: accept "zero-shot,principled" as well as a JSON list.
-        if isinstance(value, str) and not value.lstrip().startswith("["):
+        if isinstance(value, str):
+            if value.lstrip().startswith("["):
+                return json.loads(value)
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
 
@@ -92,3 +131,25 @@ class ServiceSettings(BaseSettings):
             return self.adapters_dir
         embedded = REPO_ROOT / "adapters"
         return embedded if embedded.is_dir() else None
+
+    def resolved_jobs_dir(self) -> Path:
+        """Where batch jobs are persisted."""
+        return self.jobs_dir if self.jobs_dir is not None else self.cache_dir / "jobs"
+
+    def resolved_api_key(self) -> str | None:
+        """The API key clients must send, or None when the service is open; an empty key is refused."""
+        if self.api_key is not None:
+            secret = self.api_key  # a str when set through model_copy, which does not validate
+            key = (secret.get_secret_value() if isinstance(secret, SecretStr) else str(secret)).strip()
+            source = "QA_API_KEY"
+        elif self.api_key_file is not None:
+            try:
+                lines = self.api_key_file.read_text(encoding="utf-8").splitlines()
+            except OSError as exc:
+                raise ValueError(f"api_key_file: cannot read {self.api_key_file}: {exc.strerror}") from exc
+            key, source = (lines[0].strip() if lines else ""), f"api_key_file {self.api_key_file}"
+        else:
+            return None
+        if not key:
+            raise ValueError(f"{source}: the API key is empty; unset it to serve without a key")
+        return key

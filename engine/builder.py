@@ -1,9 +1,15 @@
-"""`build_engine(config) -> Engine`: resolve the base, load it once, register adapters, build the pipeline."""
+"""`build_engine(config) -> Engine`: resolve the base, load it once, register adapters, build the pipeline.
+
+`Engine.load_adapter` / `unload_adapter` change the served adapters at run time, by name only: the folder
+is found strictly inside the configured adapters folder, its manifest and base are checked by the registry
+and its weights by the generator before it is swapped in, one change per name at a time.
+"""
 
 from __future__ import annotations
 
 import functools
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,9 +18,10 @@ from typing import Literal
 from ensemble.pipeline import EnsemblePipeline, PipelineConfig
 from ensemble.plan import Decoding, Member
 from ensemble.prompts import DEFAULT_PROMPTS, get_prompt_style
+from models.errors import AdapterNotFoundError
 from models.generator import Generator
 from models.loading import LoadConfig, load_base
-from models.registry import AdapterRegistry
+from models.registry import AdapterRegistry, AdapterSpec, check_adapter_folder, find_adapter_folder
 from models.sources import ResolvedModel, resolve_model
 
 logger = logging.getLogger(__name__)
@@ -56,6 +63,8 @@ class Engine:
     generator: Generator
     registry: AdapterRegistry | None
     pipeline: EnsemblePipeline
+    _locks: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
+    _locks_guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def adapter_names(self) -> list[str]:
@@ -64,6 +73,49 @@ class Engine:
     def members(self) -> list[Member]:
         """Every served adapter with its manifest weight, or the base model alone when none is served."""
         return served_members(self.generator, self.registry)
+
+    def load_adapter(self, name: str) -> tuple[AdapterSpec, bool]:
+        """Serve `<adapters_dir>/<name>`; returns its spec and whether it was loaded now (False: already was).
+
+        Raises `AdapterNotFoundError` (no such folder, or no adapters folder configured), `AdapterError` (a
+        bad name, a link out of the folder, no safetensors weights, a bad manifest or corrupt weights) or
+        `AdapterBaseMismatchError`; the adapters already served are untouched either way.
+        """
+        if self.config.adapters_dir is None or self.registry is None:
+            raise AdapterNotFoundError(f"adapter {name!r}: this server has no adapters folder configured")
+        if name in self.generator.adapter_names and name in self.registry:
+            return self.registry.get(name), False
+        folder = find_adapter_folder(self.config.adapters_dir, name)  # past it, only names with a folder
+        with self._lock_for(name):
+            if name in self.generator.adapter_names:
+                return self.registry.get(name), False
+            spec = check_adapter_folder(
+                folder, base_key=self.resolved.key, base_fingerprint=self.resolved.fingerprint
+            )
+            # Registered first, so every name the generator serves always has its manifest here.
+            self.registry.add(spec)
+            try:
+                self.generator.load_adapter(spec)
+            except BaseException:
+                self.registry.remove(name)
+                raise
+            logger.info("adapter %s loaded from %s", name, folder)
+            return spec, True
+
+    def unload_adapter(self, name: str) -> None:
+        """Stop serving `name` (requests already generating finish first: the generator's lock)."""
+        if self.registry is None or name not in self.registry:
+            raise AdapterNotFoundError(f"adapter {name!r} is not loaded")
+        with self._lock_for(name):
+            if name not in self.registry or name not in self.generator.adapter_names:
+                raise AdapterNotFoundError(f"adapter {name!r} is not loaded")
+            self.generator.unload_adapter(name)
+            self.registry.remove(name)
+            logger.info("adapter %s unloaded", name)
+
+    def _lock_for(self, name: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(name, threading.Lock())
 
 
 def served_members(generator: Generator, registry: AdapterRegistry | None) -> list[Member]:

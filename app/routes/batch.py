@@ -20,8 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import batch_input, batch_result
 from app.batch_input import BatchInputError
-from app.deps import JobsDep, ServiceDep
-from app.schemas import BatchJobResponse, BatchRequest, BatchResponse, ErrorResponse, JobStatusResponse
+from app.deps import AdmissionDep, JobsDep, ServiceDep
+from app.errors import documented
+from app.schemas import BatchJobResponse, BatchRequest, BatchResponse, JobStatusResponse
 from ensemble.datasets import write_predictions_csv
 
 router = APIRouter(tags=["batch"])
@@ -45,14 +46,20 @@ _FORM_SCHEMA: dict[str, Any] = {
 }
 _JSON_SCHEMA = BatchRequest.model_json_schema(ref_template="#/components/schemas/{model}")
 _JSON_SCHEMA.pop("$defs", None)  # the nested models are components already (through /answer)
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse, "description": "Body not UTF-8 JSON, or a malformed multipart form."},
-    413: {"model": ErrorResponse, "description": "Body, row count, context or question past a limit."},
-    415: {"model": ErrorResponse, "description": "Neither application/json nor multipart/form-data."},
-    422: {"model": ErrorResponse, "description": "Bad file or rows (naming row and field), bad option."},
-    429: {"model": ErrorResponse, "description": "Too many unfinished jobs; see Retry-After."},
-    503: {"model": ErrorResponse, "description": "Model not loaded yet (see /readyz)."},
-}
+_ERRORS = documented(
+    400,
+    413,
+    415,
+    422,
+    429,
+    503,
+    504,
+    s413="Body, row count, context or question past a limit.",
+    s415="Neither application/json nor multipart/form-data.",
+    s422="Bad file or rows (naming row and field), bad option.",
+    s429="Too many unfinished jobs, or (inline) a full queue; see Retry-After.",
+    s504="An inline batch not answered within request_timeout_s.",
+)
 
 
 @router.post(
@@ -69,7 +76,9 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         }
     },
 )
-async def submit_batch(request: Request, service: ServiceDep, jobs: JobsDep) -> JSONResponse:
+async def submit_batch(
+    request: Request, service: ServiceDep, jobs: JobsDep, admission: AdmissionDep
+) -> JSONResponse:
     settings = service.settings
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     body = await _read_body(
@@ -91,7 +100,9 @@ async def submit_batch(request: Request, service: ServiceDep, jobs: JobsDep) -> 
         )
 
     if len(batch.examples) <= settings.batch_sync_max_rows:
-        result = await run_in_threadpool(batch_result.run, service, batch)
+        # Inline batches take generation slots like /answer does (429 when full, 504 past the deadline).
+        work = functools.partial(batch_result.run, service, batch)
+        result = await admission.run(work, is_disconnected=request.is_disconnected)
         return JSONResponse(result.model_dump(mode="json"))
     job = jobs.submit(len(batch.examples), functools.partial(batch_result.run, service, batch))
     status_url = f"{request.scope.get('root_path', '')}/batch/{job.job_id}"
@@ -108,7 +119,7 @@ async def submit_batch(request: Request, service: ServiceDep, jobs: JobsDep) -> 
 @router.get(
     "/batch/{job_id}",
     response_model=JobStatusResponse,
-    responses={404: {"model": ErrorResponse, "description": "Unknown job."}},
+    responses=documented(404, s404="Unknown job."),
 )
 def job_status(job_id: str, jobs: JobsDep) -> JobStatusResponse:
     return jobs.status(job_id)
@@ -119,8 +130,7 @@ def job_status(job_id: str, jobs: JobsDep) -> JobStatusResponse:
     response_model=BatchResponse,
     responses={
         200: {"content": {"text/csv": {}}, "description": "JSON, or with format=csv the id,answer file."},
-        404: {"model": ErrorResponse, "description": "Unknown job."},
-        409: {"model": ErrorResponse, "description": "The job is not done (yet)."},
+        **documented(404, 409, 422, s404="Unknown job.", s409="The job is not done (yet)."),
     },
 )
 def download_result(
@@ -141,10 +151,7 @@ def download_result(
 @router.delete(
     "/batch/{job_id}",
     response_model=JobStatusResponse,
-    responses={
-        404: {"model": ErrorResponse},
-        409: {"model": ErrorResponse, "description": "Already finished."},
-    },
+    responses=documented(404, 409, s404="Unknown job.", s409="Already finished."),
 )
 def cancel_batch(job_id: str, jobs: JobsDep) -> JobStatusResponse:
     """A queued job is cancelled at once; a running one stops after its current chunk (poll its status)."""

@@ -414,15 +414,17 @@ def test_oldest_finished_job_is_forgotten_and_full_queue_refuses(manager):
         assert wait_for(manager, job.job_id, ("done",)) == "done"
 
 
-def test_shutdown_cancels_queued_jobs_and_joins_the_worker():
+def test_shutdown_interrupts_queued_and_running_jobs_and_joins_the_worker():
     manager = JobManager(max_jobs=4)
     manager.start()
     running = manager.submit(10, lambda on_progress, should_stop: _until_stopped(should_stop))
     queued = manager.submit(1, lambda on_progress, should_stop: EMPTY)
     wait_for(manager, running.job_id, ("running",))
     manager.stop(timeout=5)
-    assert manager.status(running.job_id).status == "cancelled"
-    assert manager.status(queued.job_id).status == "cancelled"
+    # "interrupted", not "cancelled": nobody asked, the server stopped; the client should resubmit.
+    assert manager.status(running.job_id).status == "interrupted"
+    assert manager.status(queued.job_id).status == "interrupted"
+    assert "submit it again" in manager.status(running.job_id).error
     with pytest.raises(TooManyJobsError):
         manager.submit(1, lambda on_progress, should_stop: EMPTY)
 
