@@ -22,5 +22,5 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check app models ensemble tests
+	$(BIN)/ruff check app engine models ensemble evaluation training tests bench
 	$(BIN)/lint-imports

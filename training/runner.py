@@ -1,0 +1,254 @@
+"""One training run: read the data, report token lengths, load the base once, train every member in turn.
+
+Each member gets a fresh adapter (see `backends`), is trained and validated (`trainer`, `validation`) and is
+written as `<output>/<name>/` with its manifest (`export`); run-level reports go to `<output>/.training/`
+(hidden, so the output folder stays a valid adapters directory for `qa-serve --adapters-dir`). Call
+`backends.prepare()` before importing this module when the backend may be unsloth.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from models.loading import load_tokenizer
+from models.registry import AdapterManifest
+from models.sources import ResolvedModel, resolve_model
+from training.backends import load_training_base, software_versions
+from training.config import MemberConfig, RunConfig, TrainConfig
+from training.data import LengthReport, PromptEncoder, TrainingData, encode_examples, load_training_data
+from training.export import write_adapter_folder
+from training.lengths import measure, table, write_report
+from training.trainer import JsonlLog, TrainResult, train_member
+from training.validation import Validator
+
+logger = logging.getLogger(__name__)
+REPORT_DIR = ".training"
+TRAIN_LOG = "train_log.jsonl"
+
+
+@dataclass(frozen=True)
+class MemberOutcome:
+    name: str
+    folder: Path
+    result: TrainResult
+
+
+def resolve_base(config: TrainConfig) -> ResolvedModel:
+    """The base model folder and fingerprint for `train.base` (fetched and converted once if it is a key)."""
+    gguf = Path(config.gguf).expanduser() if config.gguf else None
+    return resolve_model(config.base, config.cache_path(), gguf_path=gguf)
+
+
+def write_lengths(run: RunConfig) -> tuple[str, list[Path]]:
+    """Only the length analysis (`qa-train lengths`): the Markdown table and the files written."""
+    config = run.train
+    resolved = resolve_base(config)
+    encoder = PromptEncoder(load_tokenizer(resolved.path))
+    data = load_training_data(config)
+    styles = list(dict.fromkeys(m.prompt_style for m in run.members))
+    stats, raw = measure(data.train, encoder, styles, config.max_seq_len)
+    paths = write_report(
+        stats, raw, config.output_path() / REPORT_DIR, title=f"{resolved.key}, {config.split}"
+    )
+    return table(stats), paths
+
+
+def run_training(run: RunConfig, *, device: str, backend: str) -> list[MemberOutcome]:
+    """Train every member of `run` and write its adapter folder; returns what each run produced."""
+    config = run.train
+    output = config.output_path()
+    existing = [m.name for m in run.members if (output / m.name).exists()]
+    if existing and not config.overwrite:
+        raise FileExistsError(
+            f"{output} already holds {', '.join(existing)}; set train.overwrite=true "
+            "or choose another train.output_dir"
+        )
+    reports = output / REPORT_DIR
+    reports.mkdir(parents=True, exist_ok=True)
+    resolved = resolve_base(config)
+    data = load_training_data(config)
+    logger.info(
+        "data: %d training questions (%d articles); validating on %d held-out questions "
+        "(%d articles held out)",
+        len(data.train),
+        data.train_articles,
+        len(data.validation),
+        data.held_out_articles,
+    )
+    encoder = PromptEncoder(load_tokenizer(resolved.path))
+    styles = list(dict.fromkeys(m.prompt_style for m in run.members))
+    stats, raw = measure(data.train, encoder, styles, config.max_seq_len)
+    write_report(stats, raw, reports, title=f"{resolved.key}, {config.split}")
+    encoded = {
+        s: encode_examples(
+            data.train, encoder, s, max_seq_len=config.max_seq_len, policy=config.length_policy
+        )
+        for s in styles
+    }
+    (reports / "length_policy.json").write_text(
+        json.dumps({s: r.as_dict() for s, (_, r) in encoded.items()}, indent=2, ensure_ascii=False) + "\n",
+        encoding="utf-8",
+    )
+
+    base = load_training_base(backend, resolved, config, device)
+    outcomes = []
+    for member in run.members:
+        examples, length_report = encoded[member.prompt_style]
+        log_path = reports / f"{member.name}.{TRAIN_LOG}"
+        log_path.unlink(missing_ok=True)
+        started = time.perf_counter()
+        model, adapter = base.attach(member)
+        evaluate = None
+        if data.validation:
+            validator = Validator(
+                model,
+                base.tokenizer,
+                adapter,
+                data.validation,
+                prompt_style=member.prompt_style,
+                batch_size=config.val_batch_size,
+                max_new_tokens=config.val_max_new_tokens,
+            )
+
+            def evaluate(validator: Validator = validator) -> tuple[float, float]:
+                scores = validator()
+                return scores.exact_match, scores.f1
+
+        logger.info(
+            "member %s: %d examples, %s prompt, r=%d, lr=%g",
+            member.name,
+            len(examples),
+            member.prompt_style,
+            member.r,
+            member.learning_rate,
+        )
+        result = train_member(
+            model,
+            examples,
+            member,
+            config,
+            pad_id=base.tokenizer.pad_token_id,
+            device=device,
+            bf16=base.bf16,
+            evaluate=evaluate,
+            eval_mode=base.eval_mode,
+            train_mode=base.train_mode,
+            log=JsonlLog(log_path),
+        )
+        facts = training_facts(
+            run,
+            member,
+            data,
+            length_report,
+            result,
+            backend=backend,
+            device=device,
+            quantization=base.quantization,
+            bf16=base.bf16,
+            seconds=time.perf_counter() - started,
+        )
+        manifest = AdapterManifest(
+            name=member.name,
+            base_model=resolved.key,
+            base_fingerprint=resolved.fingerprint,
+            prompt_style=member.prompt_style,
+            weight=member.weight,
+            training=facts,
+        )
+        folder = write_adapter_folder(
+            model,
+            adapter,
+            output,
+            manifest,
+            resolved,
+            save_dtype=config.save_dtype,
+            overwrite=config.overwrite,
+            extra_files={TRAIN_LOG: log_path},
+        )
+        base.detach(adapter)
+        best = result.best
+        logger.info(
+            "member %s: saved %s (best F1 %s at epoch %s, step %s of %s)",
+            member.name,
+            folder,
+            best.f1 if best else None,
+            best.epoch if best else None,
+            best.step if best else None,
+            result.steps,
+        )
+        outcomes.append(MemberOutcome(member.name, folder, result))
+    summary = {
+        "recipe": run.source,
+        "overrides": list(run.overrides),
+        "backend": backend,
+        "device": device,
+        "base": {"key": resolved.key, "fingerprint": resolved.fingerprint},
+        "members": {
+            o.name: {
+                "folder": str(o.folder),
+                "best": asdict(o.result.best) if o.result.best else None,
+                "tokens_per_second": round(o.result.tokens_per_second, 1),
+            }
+            for o in outcomes
+        },
+    }
+    (reports / "run.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return outcomes
+
+
+def training_facts(
+    run: RunConfig,
+    member: MemberConfig,
+    data: TrainingData,
+    lengths: LengthReport,
+    result: TrainResult,
+    *,
+    backend: str,
+    device: str,
+    quantization: str,
+    bf16: bool,
+    seconds: float,
+) -> dict[str, Any]:
+    """The manifest's `training` object: everything needed to know how this adapter was made."""
+    best = result.best
+    assert best is not None
+    return {
+        "recipe": {"path": run.source, "overrides": list(run.overrides)},
+        "member": asdict(member),
+        "train": asdict(run.train),
+        "data": data.describe(),
+        "length_policy": lengths.as_dict(),
+        "steps": result.steps,
+        "max_epochs": round(result.epochs, 4),
+        "best_step": best.step,
+        "epochs_trained": best.epoch,
+        "final_loss": round(result.losses[-1], 5) if result.losses else None,
+        "validation": {
+            "questions": len(data.validation),
+            "metric": "korquad",
+            "decoding": {"strategy": "greedy", "max_new_tokens": run.train.val_max_new_tokens},
+            "best_exact_match": best.exact_match,
+            "best_f1": best.f1,
+            "baseline_f1": next((p.f1 for p in result.curve if p.step == 0), None),
+            "curve": [asdict(p) for p in result.curve],
+        },
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "software": {"python": platform.python_version(), **software_versions(backend)},
+        "backend": backend,
+        "device": device,
+        "quantization": quantization,
+        "precision": "bf16" if bf16 else "fp32",
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "skipped_steps": result.skipped_steps,
+        "train_seconds": round(result.train_seconds, 1),
+        "eval_seconds": round(result.eval_seconds, 1),
+        "wall_seconds": round(seconds, 1),
+        "peak_gpu_memory_bytes": result.peak_memory_bytes,
+    }
