@@ -163,7 +163,10 @@ def run_batch(
             else:
                 strategy_error = f"greedy pass: {type(greedy_vote).__name__}: {greedy_vote}"
             strategies = strategy_answers(
-                [v.candidate for v in result.candidates], greedy_candidates, pipeline.config.vote
+                [v.candidate for v in result.candidates],
+                greedy_candidates,
+                pipeline.config.vote,
+                top_beam=greedy_pass,
             )
         rows.append(
             RowResult(

@@ -30,11 +30,17 @@ def _voted(candidates: Sequence[Candidate], config: VoteConfig | None) -> str:
 
 
 def strategy_answers(
-    beam: Sequence[Candidate], greedy: Sequence[Candidate] = (), config: VoteConfig | None = None
+    beam: Sequence[Candidate],
+    greedy: Sequence[Candidate] = (),
+    config: VoteConfig | None = None,
+    *,
+    top_beam: bool = True,
 ) -> dict[str, str]:
     """Strategy id -> answer, in a stable order (members, then prompts, then the ensemble).
 
     ``beam`` are the candidates of the beam (or sampling) pass, ``greedy`` those of an optional greedy pass.
+    ``top_beam=False`` leaves out the ``top-beam:*`` ids, for a main pass that was greedy itself (its "top
+    beam" would only repeat ``greedy:*``).
     """
     members = list(dict.fromkeys(member_name(c) for c in (*beam, *greedy)))
     prompts = list(dict.fromkeys(c.prompt for c in (*beam, *greedy)))
@@ -49,7 +55,7 @@ def strategy_answers(
             if first_greedy is not None:
                 answers[f"greedy:{member}:{prompt}"] = first_greedy.text
             top = next((c for c in own if c.prompt == prompt and c.beam_rank == 0), None)
-            if top is not None:
+            if top_beam and top is not None:
                 answers[f"top-beam:{member}:{prompt}"] = top.text
         if own:
             answers[f"member:{member}"] = _voted(own, config)

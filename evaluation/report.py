@@ -207,7 +207,8 @@ def render_markdown(report: Mapping[str, Any], *, max_failed: int = 5) -> str:
         lines += [
             "",
             f"{report['metric']} metric. Strategies of one pass are re-voted from the same candidates, so "
-            "they share that pass's generation time; `greedy:*` rows come from a separate greedy pass.",
+            "they share that pass's generation time; `greedy:*` rows come from the greedy pass "
+            "(a separate one unless the main pass is greedy).",
         ]
     else:
         lines.append("Not scored: the data has no gold answers for every question.")
