@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+EMBEDDED_ADAPTERS_BASE = "qwen2.5-coder-0.5b"
+"""The base model the repository's `adapters/` were trained on."""
 
 
 def default_cache_dir() -> Path:
@@ -126,11 +128,15 @@ class ServiceSettings(BaseSettings):
         return value
 
     def resolved_adapters_dir(self) -> Path | None:
-        """The adapters folder to serve, or None for the base model alone."""
+        """The adapters folder to serve, or None for the base model alone.
+
+        The embedded `adapters/` were trained on the default base only, so they are served by default only
+        with that base; any other base starts without adapters unless `QA_ADAPTERS_DIR` names a folder.
+        """
         if self.adapters_dir is not None:
             return self.adapters_dir
         embedded = REPO_ROOT / "adapters"
-        return embedded if embedded.is_dir() else None
+        return embedded if embedded.is_dir() and self.model == EMBEDDED_ADAPTERS_BASE else None
 
     def resolved_jobs_dir(self) -> Path:
         """Where batch jobs are persisted."""

@@ -83,8 +83,9 @@ CONTEXT = (
 
 @pytest.mark.real_model
 def test_default_base_answers_korean_with_a_context_span():
-    # No QA_MODEL: the default base and adapters, exactly what `make serve` starts.
-    with serving({}, ready_within=900) as client:
+    # No QA_MODEL: the default base and the embedded adapters, exactly what `make serve` starts. The generous
+    # request timeout is for a slow, busy CPU (12 candidates of a 0.5B model in fp32), not a product default.
+    with serving({"QA_REQUEST_TIMEOUT_S": "600"}, ready_within=900) as client:
         response = client.post(
             "/answer",
             json={
@@ -98,3 +99,5 @@ def test_default_base_answers_korean_with_a_context_span():
         assert body["answer"], body
         assert body["answer"] in CONTEXT, body
         assert "120" in body["answer"], body
+        embedded = sorted(p.name for p in (Path(__file__).resolve().parents[2] / "adapters").iterdir())
+        assert sorted({c["adapter"] for c in body["candidates"]}) == embedded
