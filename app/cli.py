@@ -4,13 +4,17 @@ On SIGTERM (or Ctrl-C) uvicorn stops accepting connections and gives requests in
 `drain_timeout_s` to finish; at the same moment the batch job worker is asked to stop after its current chunk
 (the job becomes `interrupted`, never `done`), and the lifespan waits for it within the same timeout. Then the
 process exits.
+
+Logs go to stderr as JSON lines (`log_format=json`, the default) or plain text, uvicorn's own loggers
+included; uvicorn's access log is off, since `app.request_log` writes one line per request with its id.
 """
 
 from __future__ import annotations
 
 import argparse
-import logging
+import logging.config
 from collections.abc import Callable
+from typing import Any
 
 import uvicorn
 
@@ -30,6 +34,30 @@ class _DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
+def logging_config(settings: ServiceSettings) -> dict[str, Any]:
+    """A `logging.config.dictConfig` for the root and uvicorn's loggers: one stderr handler, one format."""
+    formatter: dict[str, Any] = (
+        {"()": "app.request_log.JsonFormatter"}
+        if settings.log_format == "json"
+        else {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}
+    )
+    level = settings.log_level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {
+            "stderr": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}
+        },
+        "root": {"handlers": ["stderr"], "level": level},
+        # uvicorn's loggers pass their records to the root handler instead of printing their own format.
+        "loggers": {
+            name: {"handlers": [], "level": level, "propagate": True}
+            for name in ("uvicorn", "uvicorn.error", "uvicorn.access")
+        },
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="qa-serve", description=__doc__)
     parser.add_argument("--model", help="base model key, 'tiny-random', folder or hub id (QA_MODEL)")
@@ -39,15 +67,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if v is not None}
     settings = ServiceSettings(**overrides)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    log_config = logging_config(settings)
+    logging.config.dictConfig(log_config)
     app = build_app(settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
+        log_config=log_config,
+        access_log=False,
         timeout_graceful_shutdown=settings.drain_timeout_s,
     )
     _DrainingServer(config, on_shutdown=lambda: begin_shutdown(app)).run()

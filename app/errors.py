@@ -3,8 +3,9 @@
 Bad input is a 4xx naming the field; a missing or wrong API key 401; a full queue 429 and a request past its
 deadline 504; a model that is not ready, or out of accelerator memory even for one prompt, 503 (both with
 Retry-After); anything unexpected is a logged 500 that leaks no internals. Domain errors stay typed in their
-packages; only this module knows HTTP. The pure ASGI middlewares (`app.auth`, `app.limits`) answer before any
-handler runs, so they get their responses from `unauthorized_response` / `body_too_large_response` here.
+packages; only this module knows HTTP. The pure ASGI middlewares (`app.auth`, `app.limits`, `app.request_log`)
+answer before any handler runs, so they get their responses from `unauthorized_response` /
+`body_too_large_response` / `internal_error_response` here.
 """
 
 from __future__ import annotations
@@ -81,6 +82,11 @@ def unauthorized_response() -> JSONResponse:
     )
     response.headers["WWW-Authenticate"] = "Bearer"
     return response
+
+
+def internal_error_response() -> JSONResponse:
+    """The one 500: says nothing about what went wrong (the log does)."""
+    return error_body(500, "internal error", "internal_error")
 
 
 def body_too_large_response(exc: BodyTooLargeError) -> JSONResponse:
@@ -177,7 +183,7 @@ async def _gone(_: Request, exc: ClientDisconnectedError) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_body(500, "internal error", "internal_error")
+    return internal_error_response()
 
 
 def install_error_handlers(app: FastAPI) -> None:

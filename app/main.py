@@ -1,9 +1,10 @@
 """`build_app(settings)`: the app factory; the lifespan builds the service once into app.state.
 
-Around the routes, outermost first: the API key check (`app.auth`, when a key is configured), the body size
-limit (`app.limits`), then FastAPI's own error handling (`app.errors`). The lifespan owns the service, the
-batch job manager (persisted under `jobs_dir`) and the admission control of generating requests; on shutdown
-it stops the job worker (a running job becomes `interrupted`) within `drain_timeout_s`.
+Around the routes, outermost first: the request id and log line (`app.request_log`), the API key check
+(`app.auth`, when a key is configured), the body size limit (`app.limits`), then FastAPI's own error handling
+(`app.errors`). The lifespan owns the service, the batch job manager (persisted under `jobs_dir`) and the
+admission control of generating requests; on shutdown it stops the job worker (a running job becomes
+`interrupted`) within `drain_timeout_s`.
 """
 
 from __future__ import annotations
@@ -17,11 +18,17 @@ from fastapi import FastAPI
 
 from app.admission import Admission
 from app.auth import OPEN_PATHS, ApiKeyMiddleware
-from app.errors import body_too_large_response, install_error_handlers, unauthorized_response
+from app.errors import (
+    body_too_large_response,
+    install_error_handlers,
+    internal_error_response,
+    unauthorized_response,
+)
 from app.job_store import JobStore
 from app.jobs import JobManager
 from app.limits import BodyLimitMiddleware
-from app.routes import adapters, answer, batch, health
+from app.request_log import RequestLogMiddleware
+from app.routes import adapters, answer, batch, demo, health
 from app.service import QAService
 from app.settings import ServiceSettings
 
@@ -59,6 +66,8 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, answer, batch, adapters):
         app.include_router(module.router)
+    app.include_router(demo.router)
+    app.mount("/static", demo.static_files(), name="static")
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -68,6 +77,8 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
     if api_key is not None:
         app.add_middleware(ApiKeyMiddleware, key=api_key, respond=unauthorized_response)
         _document_api_key(app)
+    # Added last = outermost: every response, a 401 or 413 of the middlewares above included, carries the id.
+    app.add_middleware(RequestLogMiddleware, respond=internal_error_response)
     return app
 
 

@@ -116,6 +116,10 @@ class ServiceSettings(BaseSettings):
         True, description="Load the model after the server starts listening (readyz says 503 until done)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_format: Literal["json", "text"] = Field(
+        "json",
+        description="json: one JSON object per line (with the request id); text: plain lines for a terminal.",
+    )
 
     @field_validator("default_prompts", mode="before")
     @classmethod
