@@ -124,7 +124,7 @@ def narrow(tiny_settings: ServiceSettings, tmp_path_factory) -> Iterator[TestCli
             "jobs_dir": tmp_path_factory.mktemp("jobs"),
             "max_concurrent_requests": 1,
             "max_queue": 1,
-            "request_timeout_s": 1.5,
+            "request_timeout_s": 3.0,
         }
     )
     with TestClient(build_app(settings)) as client:
@@ -154,7 +154,7 @@ def test_past_the_queue_is_429_with_retry_after_and_past_the_deadline_504(narrow
     assert refused.json()["error_type"] == "overloaded" and int(refused.headers["retry-after"]) >= 1
     for thread in threads:
         thread.join(10)
-    for name in ("running", "waiting"):  # both past the 1.5 s deadline while the generation was held
+    for name in ("running", "waiting"):  # both past the 3 s deadline while the generation was held
         response = results[name]
         assert response.status_code == 504, response.text
         assert response.json()["error_type"] == "timeout"
@@ -163,4 +163,6 @@ def test_past_the_queue_is_429_with_retry_after_and_past_the_deadline_504(narrow
     deadline = time.monotonic() + 10
     while narrow.app.state.admission.running and time.monotonic() < deadline:
         time.sleep(0.05)  # the held generation ends; its result is thrown away
-    assert narrow.post("/answer", json=BODY).status_code == 200
+    # The slot is free again. A one-token greedy answer keeps this well inside the deadline on a busy CPU.
+    cheap = {**BODY, "prompts": ["zero-shot"], "decoding": {"strategy": "greedy", "max_new_tokens": 1}}
+    assert narrow.post("/answer", json=cheap).status_code == 200
