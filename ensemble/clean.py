@@ -54,7 +54,9 @@ def clean_answer(raw: str) -> str:
 
     Inner punctuation is kept ("3.5%", "1989년 2월", "U.S. Steel"); only the packaging around it goes.
     """
-    text = _SPECIAL_TOKEN.sub("\n", raw)
+    # U+FFFD marks bytes that did not decode: a multi-byte character cut by the token budget, or byte-level
+    # tokens that never formed one. They are never part of a context span, so they only spoil matching.
+    text = _SPECIAL_TOKEN.sub("\n", raw).replace("\ufffd", "")
     previous = None
     while text != previous:
         previous = text

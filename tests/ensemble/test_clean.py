@@ -113,3 +113,9 @@ def test_min_score_is_respected() -> None:
 
 def test_answer_longer_than_context() -> None:
     assert ground("아주 긴 답변 문장입니다", "짧음") is None
+
+
+def test_undecodable_bytes_are_dropped():
+    # A Korean character cut in half by the token budget decodes to U+FFFD.
+    assert clean_answer("120개\ufffd") == "120개"
+    assert clean_answer("\ufffd\ufffd") == ""
