@@ -27,6 +27,7 @@ from app.service import RequestLimitError, ServiceNotReadyError, UnknownMemberEr
 from ensemble.errors import EmptyPlanError, InvalidDecodingError, NoCandidatesError, UnknownPromptError
 from models.errors import (
     AdapterBaseMismatchError,
+    AdapterCapacityError,
     AdapterError,
     AdapterNotFoundError,
     GenerationOutOfMemoryError,
@@ -210,5 +211,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(AdapterNotFoundError, _named(404, "adapter_not_found", "name"))
     app.add_exception_handler(AdapterBaseMismatchError, _named(422, "adapter_base_mismatch", "name"))
     app.add_exception_handler(AdapterError, _named(422, "invalid_adapter", "name"))
+    app.add_exception_handler(AdapterCapacityError, _named(422, "adapter_capacity", "adapters"))
     app.add_exception_handler(UnknownAdapterError, _named(422, "unknown_adapter", "adapters"))
     app.add_exception_handler(Exception, _unexpected)

@@ -1,10 +1,11 @@
 """`build_app(settings)`: the app factory; the lifespan builds the service once into app.state.
 
-Around the routes, outermost first: the request id and log line (`app.request_log`), the API key check
-(`app.auth`, when a key is configured), the body size limit (`app.limits`), then FastAPI's own error handling
-(`app.errors`). The lifespan owns the service, the batch job manager (persisted under `jobs_dir`) and the
-admission control of generating requests; on shutdown it stops the job worker (a running job becomes
-`interrupted`) within `drain_timeout_s`.
+Around the routes, outermost first: the request id and log line (`app.request_log`), request metrics
+(`app.metrics`, served at /metrics), the API key check (`app.auth`, when a key is configured), the body size
+limit (`app.limits`), then FastAPI's own error handling (`app.errors`). The lifespan owns the service (and
+its micro-batcher), the batch job manager (persisted under `jobs_dir`) and the admission control of
+generating requests; on shutdown it stops the job worker (a running job becomes `interrupted`) within
+`drain_timeout_s`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from app.errors import (
 from app.job_store import JobStore
 from app.jobs import JobManager
 from app.limits import BodyLimitMiddleware
+from app.metrics import MetricsMiddleware, ServiceMetrics
+from app.metrics import router as metrics_router
 from app.request_log import RequestLogMiddleware
 from app.routes import adapters, answer, batch, demo, health
 from app.service import QAService
@@ -41,13 +44,14 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        service = QAService(settings)
+        service = QAService(settings, on_batch=metrics.observe_batch, on_vote=metrics.observe_vote)
         app.state.service = service
         jobs = JobManager(settings.batch_max_jobs, JobStore(settings.resolved_jobs_dir()))
         app.state.jobs = jobs
         app.state.admission = Admission(
             settings.max_concurrent_requests, settings.max_queue, settings.request_timeout_s
         )
+        metrics.bind(service, app.state.admission)
         service.start()
         jobs.start()
         try:
@@ -55,6 +59,7 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
         finally:
             jobs.stop(timeout=settings.drain_timeout_s)  # a running job stops after its current chunk
             app.state.admission.close()
+            service.close()
 
     app = FastAPI(
         title="qa-ensemble",
@@ -63,9 +68,12 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    metrics = ServiceMetrics()  # per app, not process-global: tests build many apps
+    app.state.metrics = metrics
     install_error_handlers(app)
     for module in (health, answer, batch, adapters):
         app.include_router(module.router)
+    app.include_router(metrics_router)
     app.include_router(demo.router)
     app.mount("/static", demo.static_files(), name="static")
     app.add_middleware(
@@ -77,6 +85,7 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
     if api_key is not None:
         app.add_middleware(ApiKeyMiddleware, key=api_key, respond=unauthorized_response)
         _document_api_key(app)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # counts the 401s and 413s above too
     # Added last = outermost: every response, a 401 or 413 of the middlewares above included, carries the id.
     app.add_middleware(RequestLogMiddleware, respond=internal_error_response)
     return app

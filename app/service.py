@@ -17,8 +17,10 @@ from typing import Literal
 from app.schemas import AnswerRequest, AnswerResponse, CandidateOut, DecodingRequest
 from app.settings import ServiceSettings
 from engine import Engine, EngineConfig, build_engine
+from engine.batcher import BatchRecord, MicroBatcher
 from ensemble.batch import BatchOptions, BatchResult, run_batch
 from ensemble.datasets import QAExample
+from ensemble.pipeline import QARequest
 from ensemble.plan import Decoding, Member
 from ensemble.prompts import get_prompt_style
 from ensemble.vote import Vote
@@ -64,11 +66,19 @@ class ResolvedPlan:
 class QAService:
     """One model + adapters + pipeline per process; thread-safe to call from request handlers."""
 
-    def __init__(self, settings: ServiceSettings) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        on_batch: Callable[[BatchRecord], None] | None = None,
+        on_vote: Callable[[Vote], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.status: Literal["loading", "ready", "failed"] = "loading"
         self.error: str | None = None
         self._engine: Engine | None = None
+        self._batcher: MicroBatcher | None = None
+        self._on_batch = on_batch  # metrics hooks: each generation pass, each /answer vote
+        self._on_vote = on_vote
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -----------------------------------------------------------------------------------------
@@ -103,15 +113,35 @@ class QAService:
             max_input_tokens=s.max_input_tokens,
             default_prompts=tuple(s.default_prompts),
             default_decoding=self._defaults(),
+            lora_backend=s.lora_backend,
+            max_resident_adapters=s.max_resident_adapters,
+            pinned_adapters=tuple(s.pinned_adapters),
         )
 
     def load(self) -> None:
         try:
-            self._engine = build_engine(self.engine_config())
+            engine = build_engine(self.engine_config())
         except Exception as exc:
             self.status, self.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
+        self._batcher = MicroBatcher(
+            engine.pipeline.answer_many,
+            config=engine.pipeline.config,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_ms=self.settings.max_batch_wait_ms,
+            on_batch=self._on_batch,
+        )
+        self._engine = engine
         self.status = "ready"
+
+    def close(self) -> None:
+        """Stop the micro-batcher after its current pass (queued questions fail; the server is stopping)."""
+        if self._batcher is not None:
+            self._batcher.close(timeout=self.settings.drain_timeout_s)
+
+    @property
+    def batcher(self) -> MicroBatcher | None:
+        return self._batcher
 
     # -- queries -------------------------------------------------------------------------------------------
     def engine(self) -> Engine:
@@ -147,7 +177,7 @@ class QAService:
             if name == BASE_MEMBER:
                 members.append(Member(adapter=None))
             elif name in served:
-                members.extend(m for m in engine.members() if m.adapter == name)
+                members.extend(m for m in engine.all_members() if m.adapter == name)
             else:
                 raise UnknownMemberError(name, [BASE_MEMBER, *served])
         return members
@@ -189,6 +219,12 @@ class QAService:
             get_prompt_style(name)
         resolved = self._decoding(decoding)
         n_members = len(members) if members is not None else len(engine.members())
+        capacity = engine.config.max_resident_adapters
+        n_adapters = len({m.adapter for m in members or () if m.adapter is not None})
+        if capacity is not None and n_adapters > capacity:
+            raise RequestLimitError(
+                "adapters", f"{n_adapters} adapters at once; this server keeps at most {capacity} resident"
+            )
         n_prompts = len(names) if names is not None else len(s.default_prompts)
         n_candidates = n_members * n_prompts * resolved.n_outputs
         if n_candidates > s.max_candidates_limit:
@@ -219,12 +255,15 @@ class QAService:
 
     def answer(self, req: AnswerRequest, plan: ResolvedPlan | None = None) -> AnswerResponse:
         """Answer one question (`plan` from `check_answer`, or checked now)."""
-        engine = self._require()
+        self._require()
+        assert self._batcher is not None  # set together with the engine
         plan = plan if plan is not None else self.check_answer(req)
         started = time.perf_counter()
-        vote = engine.pipeline.answer(
-            req.context, req.question, members=plan.members, prompts=plan.prompts, decoding=plan.decoding
-        )
+        request = QARequest(req.context, req.question, plan.members, plan.prompts, plan.decoding)
+        # Past the deadline the caller has its 504; withdrawing the question spares the pass it would join.
+        vote = self._batcher.answer(request, timeout=self.settings.request_timeout_s)
+        if self._on_vote is not None:
+            self._on_vote(vote)
         return to_response(vote, explain=req.explain, elapsed_ms=1000 * (time.perf_counter() - started))
 
     def run_batch(
@@ -236,8 +275,10 @@ class QAService:
         should_stop: Callable[[], bool] | None = None,
     ) -> BatchResult:
         """Many questions through `ensemble.batch.run_batch` (one result per row, in order)."""
-        pipeline = self._require().pipeline
-        return run_batch(pipeline, examples, options, on_progress=on_progress, should_stop=should_stop)
+        self._require()
+        assert self._batcher is not None  # set together with the engine
+        # Chunks go through the micro-batcher, so a batch job and /answer requests share generation passes.
+        return run_batch(self._batcher, examples, options, on_progress=on_progress, should_stop=should_stop)
 
 
 def to_candidates(vote: Vote) -> list[CandidateOut]:

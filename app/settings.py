@@ -50,6 +50,22 @@ class ServiceSettings(BaseSettings):
     default_prompts: Annotated[tuple[str, ...], NoDecode] = Field(
         ("zero-shot", "principled"), description="Prompt variants used when a request names none."
     )
+    lora_backend: Literal["stacked", "peft"] = Field(
+        "stacked",
+        description="How rows of one batch use different adapters: stacked (all resident adapters in one "
+        "matmul pair per layer, a per-row mask) or peft (peft's mixed-adapter batch, a loop per adapter).",
+    )
+    max_resident_adapters: int | None = Field(
+        None,
+        ge=1,
+        description="Most adapters resident on the model at once; the least recently used unpinned one is "
+        "unloaded to make room and loaded again when a request names it. Unset: all of them.",
+    )
+    pinned_adapters: Annotated[tuple[str, ...], NoDecode] = Field(
+        (),
+        description="Adapters never unloaded to make room (comma-separated); with max_resident_adapters set "
+        "they are the default ensemble.",
+    )
     default_strategy: Literal["greedy", "beam", "sample"] = Field("beam", description="Default decoding.")
     default_num_beams: int = Field(3, ge=1, description="Default beams (and beam outputs) per prompt.")
     default_max_new_tokens: int = Field(24, ge=1, description="Default answer length budget in tokens.")
@@ -86,9 +102,22 @@ class ServiceSettings(BaseSettings):
     max_context_tokens: int = Field(3_072, ge=1, description="Longest context accepted, in tokens (413).")
     max_question_tokens: int = Field(256, ge=1, description="Longest question accepted, in tokens (413).")
     max_concurrent_requests: int = Field(
-        2,
+        32,
         ge=1,
-        description="Answer requests (and inline batches) generating at once; more wait in the queue.",
+        description="Answer requests (and inline batches) admitted at once; they share generation passes "
+        "through the micro-batcher. More wait in the queue.",
+    )
+    max_batch_size: int = Field(
+        16,
+        ge=1,
+        description="Micro-batching: most questions answered together in one generation pass (concurrent "
+        "/answer requests and /batch chunks share it).",
+    )
+    max_batch_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        description="Micro-batching: longest a question waits for others to share its pass (never while "
+        "max_batch_size are already waiting); 0 = no waiting.",
     )
     max_queue: int = Field(
         16, ge=0, description="Answer requests waiting for a slot; past it a request is refused (429)."
@@ -121,7 +150,7 @@ class ServiceSettings(BaseSettings):
         description="json: one JSON object per line (with the request id); text: plain lines for a terminal.",
     )
 
-    @field_validator("default_prompts", mode="before")
+    @field_validator("default_prompts", "pinned_adapters", mode="before")
     @classmethod
     def _split_prompts(cls, value: object) -> object:
         # Env vars arrive as strings: accept "zero-shot,principled" as well as a JSON list.

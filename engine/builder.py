@@ -46,6 +46,12 @@ class EngineConfig:
     """Prompt variants used when a request names none."""
     default_decoding: Decoding = field(default_factory=Decoding)
     """Decoding used when a request gives none."""
+    lora_backend: Literal["stacked", "peft"] = "stacked"
+    """How one batch mixes adapters (see `models.multi_lora`); peft's mixed batch is the reference."""
+    max_resident_adapters: int | None = None
+    """Most adapters on the model at once (least recently used out first); None = all of them."""
+    pinned_adapters: tuple[str, ...] = ()
+    """Adapters never unloaded to make room; with a capacity set they are the default ensemble."""
 
     def __post_init__(self) -> None:
         if not self.default_prompts:
@@ -71,7 +77,12 @@ class Engine:
         return list(self.generator.adapter_names)
 
     def members(self) -> list[Member]:
-        """Every served adapter with its manifest weight, or the base model alone when none is served."""
+        """The default ensemble: every served adapter (the pinned ones when a capacity is set) with its
+        manifest weight, or the base model alone when none is served."""
+        return served_members(self.generator, self.registry, self.config)
+
+    def all_members(self) -> list[Member]:
+        """Every served adapter with its manifest weight, resident now or not (what requests may name)."""
         return served_members(self.generator, self.registry)
 
     def load_adapter(self, name: str) -> tuple[AdapterSpec, bool]:
@@ -118,12 +129,28 @@ class Engine:
             return self._locks.setdefault(name, threading.Lock())
 
 
-def served_members(generator: Generator, registry: AdapterRegistry | None) -> list[Member]:
+def served_members(
+    generator: Generator, registry: AdapterRegistry | None, config: EngineConfig | None = None
+) -> list[Member]:
     # Read at call time: adapters can be loaded and unloaded while the service runs.
     names = list(generator.adapter_names)
+    if config is not None and config.max_resident_adapters is not None and config.pinned_adapters:
+        names = [n for n in names if n in config.pinned_adapters]
     if not names or registry is None:
         return [Member(adapter=None)]
     return [Member(adapter=n, weight=registry.get(n).manifest.weight) for n in names]
+
+
+def _check_capacity(config: EngineConfig, names: list[str]) -> None:
+    unknown = sorted(set(config.pinned_adapters) - set(names))
+    if unknown:
+        raise ValueError(f"pinned_adapters: {', '.join(unknown)} not found in {config.adapters_dir}")
+    capacity = config.max_resident_adapters
+    if capacity is not None and not config.pinned_adapters and len(names) > capacity:
+        raise ValueError(
+            f"max_resident_adapters={capacity} is less than the {len(names)} adapters of the default "
+            "ensemble; pin the default ensemble with pinned_adapters (the others load when named)"
+        )
 
 
 def build_engine(config: EngineConfig) -> Engine:
@@ -132,19 +159,30 @@ def build_engine(config: EngineConfig) -> Engine:
     model, tokenizer = load_base(
         resolved.path, LoadConfig(device=config.device, quantization=config.quantization, dtype=config.dtype)
     )
-    generator = Generator(model, tokenizer, max_input_tokens=config.max_input_tokens)
+    generator = Generator(
+        model,
+        tokenizer,
+        max_input_tokens=config.max_input_tokens,
+        max_resident_adapters=config.max_resident_adapters,
+        pinned_adapters=config.pinned_adapters,
+        lora_backend=config.lora_backend,
+    )
     registry = None
     if config.adapters_dir is not None:
         registry = AdapterRegistry.from_dir(
             config.adapters_dir, base_key=resolved.key, base_fingerprint=resolved.fingerprint
         )
-        for name in registry.names():
+        _check_capacity(config, registry.names())
+        # Pinned first, so with a capacity the pinned ones are resident when serving starts.
+        for name in sorted(registry.names(), key=lambda n: n not in config.pinned_adapters):
             generator.load_adapter(registry.get(name))
     pipeline_config = PipelineConfig(
         default_prompts=config.default_prompts, default_decoding=config.default_decoding
     )
     pipeline = EnsemblePipeline(
-        generator, pipeline_config, default_members=functools.partial(served_members, generator, registry)
+        generator,
+        pipeline_config,
+        default_members=functools.partial(served_members, generator, registry, config),
     )
     engine = Engine(config, resolved, generator, registry, pipeline)
     logger.info(

@@ -11,10 +11,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ensemble.datasets import QAExample
 from ensemble.metric import Metric, Scores, score_predictions
-from ensemble.pipeline import EnsemblePipeline, QARequest
+from ensemble.pipeline import PipelineConfig, QARequest
 from ensemble.plan import Decoding, Member
 from ensemble.strategies import ENSEMBLE, strategy_answers
 from ensemble.vote import Vote
@@ -92,7 +93,7 @@ def _requests(
     ]
 
 
-def _answer_isolated(pipeline: EnsemblePipeline, requests: list[QARequest]) -> list[Vote | Exception]:
+def _answer_isolated(pipeline: AnswersMany, requests: list[QARequest]) -> list[Vote | Exception]:
     """All at once; if that fails, row by row so only the bad rows fail."""
     try:
         return list(pipeline.answer_many(requests))
@@ -106,8 +107,16 @@ def _answer_isolated(pipeline: EnsemblePipeline, requests: list[QARequest]) -> l
         return results
 
 
+class AnswersMany(Protocol):
+    """What a batch run needs: `EnsemblePipeline`, or a micro-batcher in front of one (`engine.batcher`)."""
+
+    config: PipelineConfig
+
+    def answer_many(self, requests: Sequence[QARequest]) -> list[Vote]: ...
+
+
 def run_batch(
-    pipeline: EnsemblePipeline,
+    pipeline: AnswersMany,
     examples: Sequence[QAExample],
     options: BatchOptions | None = None,
     *,

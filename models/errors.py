@@ -35,3 +35,7 @@ class AdapterNotFoundError(UnknownAdapterError):
 
 class GenerationOutOfMemoryError(RuntimeError):
     """The accelerator ran out of memory even for a single row; the caller may retry later."""
+
+
+class AdapterCapacityError(ValueError):
+    """More adapters are needed at once than `max_resident_adapters` allows (or the rest are pinned)."""

@@ -14,13 +14,17 @@ answers: that is `ensemble/`. On CUDA out-of-memory a batch is split in halves a
 import gc
 import logging
 import threading
+import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from models.cache import AdapterResidency
 from models.errors import AdapterError, GenerationOutOfMemoryError, PromptTooLongError, UnknownAdapterError
+from models.multi_lora import StackedLora, read_lora
 from models.registry import ADAPTER_WEIGHTS, AdapterSpec
 from models.weights import check_lora_weights
 
@@ -29,6 +33,19 @@ logger = logging.getLogger(__name__)
 BASE_ADAPTER = "__base__"
 """peft's name for "no adapter" in a mixed batch (see peft's `LoraLayer._mixed_batch_forward`)."""
 Prompt = str | list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """Totals since the generator was built (a snapshot): what the metrics export as rates."""
+
+    calls: int = 0
+    sequences: int = 0
+    """Output sequences decoded (rows x outputs per row)."""
+    new_tokens: int = 0
+    """Tokens generated up to each sequence's stop (EOS or the end of its first line)."""
+    seconds: float = 0.0
+    """Wall time inside `generate` calls."""
 
 
 class _FirstLineDone(StoppingCriteria):
@@ -45,16 +62,31 @@ class Generator:
     """A base model (and its resident LoRA adapters) that turns prompts into scored candidate answers."""
 
     def __init__(
-        self, model, tokenizer, *, max_input_tokens: int | None = None, stop_at_newline: bool = True
+        self,
+        model,
+        tokenizer,
+        *,
+        max_input_tokens: int | None = None,
+        stop_at_newline: bool = True,
+        max_resident_adapters: int | None = None,
+        pinned_adapters: Sequence[str] = (),
+        lora_backend: Literal["stacked", "peft"] = "stacked",
     ):
         self._model = model
         self._tokenizer = tokenizer
         self._max_input_tokens = max_input_tokens
         self._stop_at_newline = stop_at_newline
-        self._adapters: dict[str, AdapterSpec] = {}
+        self._adapters: dict[str, AdapterSpec] = {}  # served: resident, or loaded again when a row names it
+        self._residency = AdapterResidency(max_resident_adapters, pinned_adapters)
+        if hasattr(model, "peft_config"):
+            lora_backend = "peft"  # a peft model passed in (training attaches its adapter): peft serves it
+        self.lora_backend = lora_backend
+        self._stacked: StackedLora | None = StackedLora(model) if lora_backend == "stacked" else None
         self._attached: set[str] = set()
         self._lock = threading.RLock()
         self._tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._stats = GenerationStats()
+        self._last_new_tokens = 0  # set by `_decode` for the batch just decoded (under the lock)
         eos = model.generation_config.eos_token_id
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
@@ -97,14 +129,23 @@ class Generator:
                 raise UnknownAdapterError(f"adapter {name!r} is not attached to the model passed in")
             self._attached.add(name)
 
+    @property
+    def stats(self) -> GenerationStats:
+        return self._stats
+
+    @property
+    def resident_adapters(self) -> list[str]:
+        """Adapters on the model now, least recently used first (all served ones when no capacity is set)."""
+        with self._lock:
+            return self._residency.resident
+
     def load_adapter(self, spec: AdapterSpec) -> None:
-        """Make an adapter resident (idempotent by name).
+        """Serve an adapter and make it resident now (idempotent by name), so a bad one fails here.
 
         Checking its manifest fits the base is the registry's job; its weights (readable, finite, shaped for
-        this base) are checked here, before peft touches the shared model.
+        this base) are checked here, before peft touches the shared model. With a capacity set, the least
+        recently used unpinned adapters make room; they stay served and come back when a row names them.
         """
-        from peft import PeftModel
-
         if spec.name not in self._adapters:
             check_lora_weights(spec.path / ADAPTER_WEIGHTS, self._model, name=spec.name)
         with self._lock:
@@ -114,34 +155,62 @@ class Generator:
                         f"adapter {spec.name!r} is already loaded from {self._adapters[spec.name].path}"
                     )
                 return
-            try:
-                if isinstance(self._model, PeftModel):
-                    self._model.load_adapter(str(spec.path), adapter_name=spec.name, is_trainable=False)
-                else:
-                    self._model = PeftModel.from_pretrained(
-                        self._model, str(spec.path), adapter_name=spec.name, is_trainable=False
-                    )
-            except Exception as e:  # noqa: BLE001 - peft raises many types for a bad folder
-                if isinstance(self._model, PeftModel) and spec.name in self._model.peft_config:
-                    self._model.delete_adapter(spec.name)  # never leave a half-loaded adapter in the model
-                raise AdapterError(f"adapter {spec.name!r} could not be loaded: {e}") from e
-            self._model.eval()
+            self._make_resident([spec.name], {spec.name: spec})
             self._adapters[spec.name] = spec
 
     def unload_adapter(self, name: str) -> None:
-        """Drop a resident adapter; the last one out unwraps the base model again."""
+        """Stop serving an adapter; the last one out unwraps the base model again."""
         with self._lock:
             if name not in self._adapters:
                 raise UnknownAdapterError(f"adapter {name!r} is not loaded")
             del self._adapters[name]
-            if self._adapters and name in self._model.active_adapters:
-                # Rows name their adapter explicitly, so which one is "active" never matters; switching first
-                # only spares peft's warning about deleting the active adapter.
-                self._model.set_adapter(next(iter(self._adapters)))
-            self._model.delete_adapter(name)
-            if not self._adapters:
-                self._model = self._model.unload()
-            self._model.eval()
+            if name in self._residency:
+                self._evict(name)
+
+    def _make_resident(self, names: Sequence[str], specs: dict[str, AdapterSpec]) -> None:
+        """Load the named adapters that are not resident, first unloading what the capacity requires."""
+        missing = [n for n in dict.fromkeys(names) if n not in self._residency]
+        for name in self._residency.evictions_for(names):
+            logger.info("adapter %s unloaded from the model to make room (least recently used)", name)
+            self._evict(name)
+        for name in missing:
+            self._peft_load(specs[name])
+            self._residency.added(name)
+        self._residency.touch(names)
+
+    def _peft_load(self, spec: AdapterSpec) -> None:
+        if self._stacked is not None:
+            self._stacked.add(read_lora(spec.path, spec.name))
+            return
+        from peft import PeftModel
+
+        try:
+            if isinstance(self._model, PeftModel):
+                self._model.load_adapter(str(spec.path), adapter_name=spec.name, is_trainable=False)
+            else:
+                self._model = PeftModel.from_pretrained(
+                    self._model, str(spec.path), adapter_name=spec.name, is_trainable=False
+                )
+        except Exception as e:  # noqa: BLE001 - peft raises many types for a bad folder
+            if isinstance(self._model, PeftModel) and spec.name in self._model.peft_config:
+                self._model.delete_adapter(spec.name)  # never leave a half-loaded adapter in the model
+            raise AdapterError(f"adapter {spec.name!r} could not be loaded: {e}") from e
+        self._model.eval()
+
+    def _evict(self, name: str) -> None:
+        self._residency.removed(name)
+        if self._stacked is not None:
+            self._stacked.remove(name)
+            return
+        others = [n for n in self._model.peft_config if n != name]
+        if others and name in self._model.active_adapters:
+            # Rows name their adapter explicitly, so which one is "active" never matters; switching first
+            # only spares peft's warning about deleting the active adapter.
+            self._model.set_adapter(others[0])
+        self._model.delete_adapter(name)
+        if not others:
+            self._model = self._model.unload()
+        self._model.eval()
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -185,6 +254,8 @@ class Generator:
                     raise UnknownAdapterError(
                         f"unknown adapter {name!r}; loaded: {', '.join(self.adapter_names) or 'none'}"
                     )
+            needed = [a for a in adapters if a is not None and a in self._adapters]
+            self._make_resident(needed, self._adapters)
             rows, row_adapters = list(prompts), list(adapters)
             if num_beams == 1 and n > 1:
                 # peft repeats adapter names per beam only; sampled copies are made here, one row each.
@@ -212,10 +283,18 @@ class Generator:
                 kwargs["stopping_criteria"] = StoppingCriteriaList(
                     [_FirstLineDone(input_ids.shape[1], self._line_ends)]
                 )
-            if self._adapters or self._attached:
+            if hasattr(self._model, "peft_config") or self._residency.resident:  # every row names its adapter
                 kwargs["adapter_names"] = [a or BASE_ADAPTER for a in row_adapters]
+            started = time.perf_counter()
             with torch.inference_mode():
                 texts, scores = self._generate_split(kwargs, beams=num_beams > 1)
+            old = self._stats
+            self._stats = GenerationStats(
+                calls=old.calls + 1,
+                sequences=old.sequences + len(texts),
+                new_tokens=old.new_tokens + self._last_new_tokens,
+                seconds=old.seconds + time.perf_counter() - started,
+            )
         results = [
             sorted(
                 zip(texts[i * n : (i + 1) * n], scores[i * n : (i + 1) * n], strict=True), key=lambda c: -c[1]
@@ -230,11 +309,22 @@ class Generator:
         Rows are independent (each left-padded, each naming its adapter), so the halves give what the whole
         would (sampled draws aside). A single row that still does not fit raises `GenerationOutOfMemoryError`.
         """
+        self._last_new_tokens = 0
+        call = dict(kwargs)
+        if self._stacked is not None:
+            # Stacked LoRA reads each row's adapter from a mask, not from generate's kwargs.
+            names = call.pop("adapter_names", None) or [None] * len(call["input_ids"])
+            self._stacked.set_rows(
+                [None if n == BASE_ADAPTER else n for n in names], repeat=call["num_beams"] if beams else 1
+            )
         try:
-            out = self._model.generate(**kwargs)
+            out = self._model.generate(**call)
             return self._decode(out, kwargs["input_ids"].shape[1], beams=beams)
         except torch.cuda.OutOfMemoryError as exc:
             failure = (str(exc).splitlines() or [""])[0]
+        finally:
+            if self._stacked is not None:
+                self._stacked.clear_rows()  # a later forward of another batch size must not meet this mask
         rows = kwargs["input_ids"].shape[0]
         # Outside the except block: the traceback no longer pins the failed call's tensors.
         gc.collect()
@@ -245,10 +335,13 @@ class Generator:
         logger.warning("out of accelerator memory for %d rows; retrying in halves", rows)
         texts: list[str] = []
         scores: list[float] = []
+        new_tokens = 0
         for part in (slice(0, rows // 2), slice(rows // 2, rows)):
             part_texts, part_scores = self._generate_split(self._part(kwargs, part), beams=beams)
             texts += part_texts
             scores += part_scores
+            new_tokens += self._last_new_tokens
+        self._last_new_tokens = new_tokens
         return texts, scores
 
     def _part(self, kwargs: dict[str, Any], rows: slice) -> dict[str, Any]:
@@ -293,6 +386,7 @@ class Generator:
         lengths = torch.where(
             has_stop, stops.int().argmax(dim=1) + 1, torch.full_like(has_stop, width, dtype=torch.long)
         )
+        self._last_new_tokens = int(lengths.sum())
         if beams:
             scores = out.sequences_scores.float().tolist()
         else:

@@ -57,7 +57,7 @@ def served(client: TestClient) -> list[str]:
 
 def check_still_serving(client: TestClient, expected: list[str]) -> None:
     assert served(client) == expected
-    assert sorted(client.app.state.service.engine().generator.model.peft_config) == expected
+    assert sorted(client.app.state.service.engine().generator.resident_adapters) == expected
     response = client.post("/answer", json=ASK)
     assert response.status_code == 200, response.text
     assert response.json()["n_candidates"] == len(expected)

@@ -19,10 +19,9 @@ LONG = [
 ]
 
 
-@pytest.fixture
-def generator(tiny_model_dir, tiny_adapters_dir) -> Generator:
+def _loaded(tiny_model_dir, tiny_adapters_dir, backend: str) -> Generator:
     model, tokenizer = load_base(tiny_model_dir, LoadConfig(device="cpu", quantization="none"))
-    gen = Generator(model, tokenizer)
+    gen = Generator(model, tokenizer, lora_backend=backend)
     registry = AdapterRegistry.from_dir(
         tiny_adapters_dir, base_key="tiny-random", base_fingerprint=_fp(tiny_model_dir)
     )
@@ -31,14 +30,26 @@ def generator(tiny_model_dir, tiny_adapters_dir) -> Generator:
     return gen
 
 
+@pytest.fixture(params=["stacked", "peft"])
+def generator(request, tiny_model_dir, tiny_adapters_dir) -> Generator:
+    """Both LoRA backends: every behaviour below holds for each."""
+    return _loaded(tiny_model_dir, tiny_adapters_dir, request.param)
+
+
+@pytest.fixture
+def peft_generator(tiny_model_dir, tiny_adapters_dir) -> Generator:
+    return _loaded(tiny_model_dir, tiny_adapters_dir, "peft")
+
+
 def _fp(folder) -> str:
     from models.folders import read_base_info
 
     return read_base_info(folder).fingerprint
 
 
-def test_mixed_batch_logits_equal_one_adapter_at_a_time(generator):
-    model = generator.model
+def test_mixed_batch_logits_equal_one_adapter_at_a_time(peft_generator):
+    model = peft_generator.model
+    generator = peft_generator
     input_ids, mask = generator._encode([LONG] * 4)
     names = ["alpha", "beta", BASE_ADAPTER, "gamma"]
     with torch.inference_mode():
@@ -56,6 +67,35 @@ def test_mixed_batch_logits_equal_one_adapter_at_a_time(generator):
     # The adapters really change the model (otherwise the equality above would prove nothing).
     assert not torch.allclose(singles[0], singles[2], atol=1e-2)
     assert not torch.allclose(singles[0], singles[1], atol=1e-2)
+
+
+def test_stacked_logits_equal_peft_mixed_batch_logits(tiny_model_dir, tiny_adapters_dir, peft_generator):
+    stacked = _loaded(tiny_model_dir, tiny_adapters_dir, "stacked")
+    assert stacked.lora_backend == "stacked" and not hasattr(stacked.model, "peft_config")
+    input_ids, mask = stacked._encode([LONG] * 4)
+    rows = ["alpha", None, "beta", "gamma"]
+    with torch.inference_mode():
+        want = peft_generator.model(
+            input_ids=input_ids, attention_mask=mask, adapter_names=[r or BASE_ADAPTER for r in rows]
+        ).logits
+        stacked._stacked.set_rows(rows)
+        got = stacked.model(input_ids=input_ids, attention_mask=mask).logits
+        stacked._stacked.clear_rows()
+        plain = stacked.model(input_ids=input_ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(plain[1], want[1], rtol=1e-4, atol=1e-4)  # no mask = the base model
+    assert not torch.allclose(got[0], got[1], atol=1e-2)
+
+
+def test_backends_generate_the_same_candidates(tiny_model_dir, tiny_adapters_dir, peft_generator):
+    stacked = _loaded(tiny_model_dir, tiny_adapters_dir, "stacked")
+    adapters = ["gamma", None, "alpha", "beta"]
+    for decoding in (GREEDY, BEAMS):
+        got = stacked.generate([LONG, SHORT, LONG, SHORT], adapters, max_new_tokens=8, **decoding)
+        want = peft_generator.generate([LONG, SHORT, LONG, SHORT], adapters, max_new_tokens=8, **decoding)
+        assert [[t for t, _ in c] for c in got] == [[t for t, _ in c] for c in want]
+        for g, w in zip(got, want, strict=True):
+            assert [s for _, s in g] == pytest.approx([s for _, s in w], abs=1e-4)
 
 
 def test_mixed_batch_with_beams_equals_per_adapter_generate(generator):
@@ -155,12 +195,13 @@ def test_input_validation(generator):
     assert generator.count_tokens("서울") >= 1 and generator.count_tokens("") == 0
 
 
-def test_mixed_batch_on_4bit_base(tiny_model_dir, tiny_adapters_dir):
+@pytest.mark.parametrize("backend", ["stacked", "peft"])
+def test_mixed_batch_on_4bit_base(tiny_model_dir, tiny_adapters_dir, backend):
     pytest.importorskip("bitsandbytes")
     model, tokenizer = load_base(
         tiny_model_dir, LoadConfig(device="cpu", quantization="4bit", dtype="float32")
     )
-    gen = Generator(model, tokenizer)
+    gen = Generator(model, tokenizer, lora_backend=backend)
     registry = AdapterRegistry.from_dir(
         tiny_adapters_dir, base_key="tiny-random", base_fingerprint=_fp(tiny_model_dir)
     )

@@ -116,10 +116,10 @@ def test_bad_weights_are_refused_before_the_model_is_touched(
     manifest = (folder / "qa_adapter.json").read_text().replace('"alpha"', '"delta"')
     (folder / "qa_adapter.json").write_text(manifest)
     spec = spec_for(folder, tiny_model_dir)
-    before = sorted(generator.model.peft_config)
+    before = sorted(generator.resident_adapters)
     corrupt(folder / ADAPTER_WEIGHTS)
     with pytest.raises(AdapterError, match=message):
         generator.load_adapter(spec)
-    assert sorted(generator.model.peft_config) == before
+    assert sorted(generator.resident_adapters) == before
     assert generator.adapter_names == ["alpha", "beta", "gamma"]
     assert len(generator.generate(PROMPTS, ADAPTERS, **GREEDY)) == 4

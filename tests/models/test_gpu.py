@@ -31,7 +31,8 @@ def cuda_generator(tiny_model_dir, tiny_adapters_dir) -> Generator:
 
 def test_auto_config_is_4bit_bf16_on_cuda(cuda_generator):
     assert cuda_generator.device.startswith("cuda")
-    base = cuda_generator.model.get_base_model()
+    model = cuda_generator.model
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
     assert getattr(base, "is_loaded_in_4bit", False) and base.dtype == torch.bfloat16
 
 

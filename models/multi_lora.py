@@ -1,0 +1,215 @@
+"""Stacked multi-LoRA for serving: every resident adapter in one pair of matrices per layer, chosen per row.
+
+peft's mixed-adapter batch (`adapter_names=`) loops in Python over the adapters of a batch in every LoRA layer
+(index, matmul, matmul, scale, index-add per adapter): with 7 targets x 24 layers x 3 adapters that is
+thousands of small kernels per decoded token, and it cannot be captured in a CUDA graph. Here each target
+linear layer holds the LoRA matrices of all resident adapters stacked, A as [sum r, in] and B (scaling folded
+in) as [out, sum r], and a per-row mask over the stacked rank says which adapter's slice a row uses:
+
+    y = base(x) + ((x @ A^T) * mask[row]) @ B^T
+
+Two matmuls and a multiply per layer whatever the number of adapters (they add rank, not kernels), static
+shapes, no data-dependent Python: a base row has an all-zero mask. The mask is set once per `generate` call
+for its rows (beams repeat their row's mask) and read by every layer through one shared `RowMask` holder.
+
+`StackedLora` loads adapters saved by peft (`adapter_model.safetensors` + `adapter_config.json`, plain
+LoRA: no DoRA, no bias, no rank or alpha patterns; those are refused with `AdapterError`), wraps the target
+layers of the base model in place on first use and rebuilds the stacks when adapters come or go. It is for
+inference only (no dropout, no gradients); training uses peft. Checking the weights before they are used is
+`models.weights`' job; choosing adapters per row is the generator's.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.errors import AdapterError
+
+_PEFT_PREFIX = "base_model.model."
+_A, _B = ".lora_A.weight", ".lora_B.weight"
+
+
+@dataclass(frozen=True)
+class LoraWeights:
+    """One adapter, read from disk: per target module path, (A [r, in], B [out, r]) and its scaling."""
+
+    name: str
+    rank: int
+    scaling: float
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def read_lora(folder: Path, name: str) -> LoraWeights:
+    """Read a peft LoRA folder (safetensors only); raises `AdapterError` for what stacking cannot serve."""
+    from safetensors.torch import load_file
+
+    try:
+        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AdapterError(f"adapter {name!r}: adapter_config.json is unreadable ({exc})") from exc
+    unsupported = {
+        "use_dora": bool(config.get("use_dora")),
+        "bias": config.get("bias", "none") != "none",
+        "lora_bias": bool(config.get("lora_bias")),
+        "rank_pattern": bool(config.get("rank_pattern")),
+        "alpha_pattern": bool(config.get("alpha_pattern")),
+        "fan_in_fan_out": bool(config.get("fan_in_fan_out")),
+    }
+    if any(unsupported.values()):
+        found = ", ".join(k for k, v in unsupported.items() if v)
+        raise AdapterError(f"adapter {name!r}: {found} is not supported by the stacked LoRA backend")
+    rank, alpha = int(config["r"]), float(config["lora_alpha"])
+    scaling = alpha / rank**0.5 if config.get("use_rslora") else alpha / rank
+    tensors = load_file(str(folder / "adapter_model.safetensors"), device="cpu")
+    modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for key, a in tensors.items():
+        if not key.endswith(_A):
+            continue
+        path = key.removeprefix(_PEFT_PREFIX).removesuffix(_A)
+        b = tensors.get(key.removesuffix(_A) + _B)
+        if b is None:
+            raise AdapterError(f"adapter {name!r}: {path} has lora_A but no lora_B")
+        modules[path] = (a, b)
+    if not modules:
+        raise AdapterError(f"adapter {name!r}: no LoRA weights found")
+    return LoraWeights(name, rank, scaling, modules)
+
+
+class RowMask:
+    """The per-row mask over the stacked rank, shared by every wrapped layer of one model."""
+
+    def __init__(self) -> None:
+        self.mask: torch.Tensor | None = None
+
+
+class StackedLoraLinear(nn.Module):
+    """A base linear layer (plain or 4-bit) plus the stacked LoRA of every resident adapter."""
+
+    def __init__(self, base_layer: nn.Module, rows: RowMask) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.rows = rows
+        self.lora_a: torch.Tensor | None = None  # [sum r, in]
+        self.lora_b: torch.Tensor | None = None  # [out, sum r], scaling folded in
+
+    @property
+    def in_features(self) -> int:
+        return int(self.base_layer.in_features)
+
+    @property
+    def out_features(self) -> int:
+        return int(self.base_layer.out_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.base_layer(x)
+        mask = self.rows.mask
+        if self.lora_a is None or mask is None:
+            return out
+        h = F.linear(x.to(self.lora_a.dtype), self.lora_a)  # [rows, seq, sum r]
+        h = h * mask.view(mask.shape[0], *([1] * (h.dim() - 2)), mask.shape[1])
+        return out + F.linear(h, self.lora_b).to(out.dtype)
+
+
+class StackedLora:
+    """Resident adapters of one base model, stacked per layer; not thread-safe (the generator locks)."""
+
+    def __init__(self, model: nn.Module, *, dtype: torch.dtype | None = None) -> None:
+        self.model = model
+        self.rows = RowMask()
+        self._adapters: dict[str, LoraWeights] = {}
+        self._layers: dict[str, StackedLoraLinear] = {}
+        self._offsets: dict[str, tuple[int, int]] = {}  # name -> (start, end) in the stacked rank
+        self._dtype = dtype
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._adapters)
+
+    def add(self, weights: LoraWeights) -> None:
+        for path in weights.modules:
+            self._wrap(path)
+        self._adapters[weights.name] = weights
+        self._rebuild()
+
+    def remove(self, name: str) -> None:
+        del self._adapters[name]
+        self._rebuild()
+
+    def set_rows(self, adapters: Sequence[str | None], repeat: int = 1) -> None:
+        """Choose each row's adapter (None = the base) for the next forward passes; beams repeat rows."""
+        total = self._total_rank()
+        if total == 0:
+            self.rows.mask = None
+            return
+        device = next(iter(self._layers.values())).lora_a.device
+        mask = torch.zeros(len(adapters), total, dtype=self._stack_dtype(), device=device)
+        for row, name in enumerate(adapters):
+            if name is not None:
+                start, end = self._offsets[name]
+                mask[row, start:end] = 1
+        self.rows.mask = mask.repeat_interleave(repeat, dim=0) if repeat > 1 else mask
+
+    def clear_rows(self) -> None:
+        self.rows.mask = None
+
+    def _total_rank(self) -> int:
+        return sum(w.rank for w in self._adapters.values())
+
+    def _stack_dtype(self) -> torch.dtype:
+        if self._dtype is not None:
+            return self._dtype
+        for param in self.model.parameters():
+            if param.is_floating_point() and param.dtype != torch.uint8:
+                return param.dtype
+        return torch.float32
+
+    def _wrap(self, path: str) -> None:
+        if path in self._layers:
+            return
+        try:
+            layer = self.model.get_submodule(path)
+        except AttributeError:
+            raise AdapterError(f"LoRA target {path} is not a module of the base model") from None
+        if not hasattr(layer, "in_features"):
+            raise AdapterError(f"LoRA target {path} is not a linear layer")
+        parent_path, _, child = path.rpartition(".")
+        wrapped = StackedLoraLinear(layer, self.rows)
+        setattr(self.model.get_submodule(parent_path) if parent_path else self.model, child, wrapped)
+        self._layers[path] = wrapped
+
+    def _rebuild(self) -> None:
+        """Stack every resident adapter's A and scaled B per layer, in resident order (zeros where absent)."""
+        self._offsets, start = {}, 0
+        for name, weights in self._adapters.items():
+            self._offsets[name] = (start, start + weights.rank)
+            start += weights.rank
+        dtype = self._stack_dtype()
+        for path, layer in self._layers.items():
+            if not self._adapters:
+                layer.lora_a = layer.lora_b = None
+                continue
+            device = _device_of(layer.base_layer)
+            a_parts, b_parts = [], []
+            for weights in self._adapters.values():
+                pair = weights.modules.get(path)
+                if pair is None:
+                    a_parts.append(torch.zeros(weights.rank, layer.in_features))
+                    b_parts.append(torch.zeros(layer.out_features, weights.rank))
+                else:
+                    a_parts.append(pair[0].float())
+                    b_parts.append(pair[1].float() * weights.scaling)
+            layer.lora_a = torch.cat(a_parts, dim=0).to(device=device, dtype=dtype)
+            layer.lora_b = torch.cat(b_parts, dim=1).to(device=device, dtype=dtype)
+
+
+def _device_of(module: nn.Module) -> torch.device:
+    for tensor in module.parameters():
+        return tensor.device
+    return torch.device("cpu")

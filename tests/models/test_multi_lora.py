@@ -1,0 +1,58 @@
+"""The stacked LoRA backend: what it refuses, and that the base comes back when the adapters go."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from models.errors import AdapterError
+from models.folders import read_base_info
+from models.generator import Generator
+from models.loading import LoadConfig, load_base
+from models.multi_lora import read_lora
+from models.registry import AdapterRegistry
+
+PROMPT = "문맥: 세종대왕은 1443년에 훈민정음을 창제하였다.\n질문: 누가?\n답:"
+GREEDY = dict(
+    max_new_tokens=6, num_beams=1, num_return_sequences=1, do_sample=False, temperature=1.0, top_k=50,
+    top_p=1.0, seed=None,
+)
+
+
+@pytest.mark.parametrize("field", ["use_dora", "rank_pattern", "bias"])
+def test_unsupported_lora_variants_are_refused(tiny_adapters_dir, tmp_path, field) -> None:
+    folder = tmp_path / "x"
+    shutil.copytree(tiny_adapters_dir / "alpha", folder)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    config[field] = {"use_dora": True, "rank_pattern": {"q_proj": 2}, "bias": "all"}[field]
+    (folder / "adapter_config.json").write_text(json.dumps(config))
+    with pytest.raises(AdapterError, match=f"{field} is not supported"):
+        read_lora(folder, "x")
+
+
+def test_scaling_and_shapes_follow_the_config(tiny_adapters_dir) -> None:
+    weights = read_lora(tiny_adapters_dir / "alpha", "alpha")
+    assert weights.rank == 4 and weights.scaling == 2.0  # lora_alpha 8 / r 4
+    a, b = next(iter(weights.modules.values()))
+    assert a.shape[0] == 4 and b.shape[1] == 4
+
+
+def test_unloading_every_adapter_gives_the_base_back(tiny_model_dir, tiny_adapters_dir) -> None:
+    info = read_base_info(tiny_model_dir)
+    model, tokenizer = load_base(tiny_model_dir, LoadConfig(device="cpu", quantization="none"))
+    base_only = Generator(model, tokenizer).generate([PROMPT], [None], **GREEDY)
+    model, tokenizer = load_base(tiny_model_dir, LoadConfig(device="cpu", quantization="none"))
+    gen = Generator(model, tokenizer)
+    registry = AdapterRegistry.from_dir(
+        tiny_adapters_dir, base_key=info.key, base_fingerprint=info.fingerprint
+    )
+    for spec in registry:
+        gen.load_adapter(spec)
+    assert gen.generate([PROMPT], ["alpha"], **GREEDY) != base_only
+    assert gen.generate([PROMPT], [None], **GREEDY) == base_only  # a base row in a model with adapters
+    for name in ("alpha", "beta", "gamma"):
+        gen.unload_adapter(name)
+    assert gen.generate([PROMPT], [None], **GREEDY) == base_only
+    layer = gen.model.model.layers[0].self_attn.q_proj
+    assert layer.lora_a is None and isinstance(layer.base_layer, torch.nn.Linear)
