@@ -1,27 +1,38 @@
-"""Training throughput of the two backends: the same member for N steps with unsloth, then with peft.
+"""Training throughput of the two backends: the same member, the same examples, N steps with each backend.
 
-    python -m bench.train_backends --config recipes/korquad-qwen0.5b.toml [--member NAME] [--steps 40]
-        [--warmup-steps 5] [--backends unsloth,peft] [--set train.batch_size=8] [--out bench/results]
-    python -m bench.train_backends --dry-run      # CPU-safe check of the whole path on the tiny model
+    python -m bench.train_backends --config recipes/korquad-qwen0.5b.toml [--member NAME] [--steps 30]
+        [--warmup-steps 5] [--backends peft,unsloth] [--timeout 180] [--set train.batch_size=8] [--out DIR]
+    python -m bench.train_backends --dry-run      # CPU check of the whole path: tiny model, peft, 3 steps
 
-Each backend runs in its own process (unsloth patches transformers and peft when imported, so a peft run in
-the same process would not be plain peft), trains with the recipe's settings, no validation, `max_steps` =
---steps, and reports tokens/s over the steps after the warmup, and peak GPU memory
-(`torch.cuda.max_memory_allocated`). The table is printed; the JSON goes to bench/results/.
-Run from the repository root.
+This process tokenizes the examples once (the member's prompt style, the recipe's length policy, just as
+many as the steps use: steps x batch_size x grad_accum, a seeded sample of the training split) and writes
+them to a file. Each backend then runs in a process of its own, so unsloth's patches of transformers and
+peft never reach the peft run, under a time limit (`--timeout`): it loads the base, trains the member for
+--steps optimizer steps with the recipe's settings and no validation, and reports tokens/s over the steps
+after --warmup-steps, peak GPU memory (`torch.cuda.max_memory_allocated`), load time, losses and any
+skipped non-finite steps. A backend that fails or runs out of time is recorded with its error and the
+others still run. Everything goes to `DIR/train_backends-<UTC time>/`: `report.json` (rewritten after each
+backend), `report.md` (the table, also printed), and per backend its output (`<backend>.log`) and step log
+(`<backend>.train_log.jsonl`). Exit status 0 when at least one backend was measured. Run it from the
+repository root.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import random
+import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DRY_RUN = [
@@ -36,171 +47,228 @@ DRY_RUN = [
     "members.r=4",
     "members.alpha=8",
 ]
+_ERROR_LINE = re.compile(r"^[\w.]*(Error|Exception|Interrupt)\b.*|^qa-train: error: .*")
+
+
+def _load_run(args: argparse.Namespace, backend: str | None = None) -> Any:
+    """The recipe with the bench's overrides, restricted to the one member measured."""
+    from training.config import load_recipe
+
+    overrides = [*args.overrides, f"train.max_steps={args.steps}", "train.eval_at_start=false"]
+    overrides += ["train.progress=false", *([f"train.backend={backend}"] if backend else [])]
+    run = load_recipe(args.config, overrides)
+    return run.select([args.member or run.members[0].name])
+
+
+def write_examples(args: argparse.Namespace, path: Path) -> dict[str, Any]:
+    """Tokenize the examples every backend trains on, once; returns what was written."""
+    from models.loading import load_tokenizer
+    from training.data import PromptEncoder, encode_examples, load_training_data
+    from training.runner import resolve_base
+
+    run = _load_run(args)
+    config, member = run.train, run.members[0]
+    resolved = resolve_base(config)
+    questions = list(load_training_data(config).train)
+    random.Random(member.order_seed).shuffle(questions)
+    needed = args.steps * config.batch_size * config.grad_accum
+    examples, report = encode_examples(
+        questions[:needed],
+        PromptEncoder(load_tokenizer(resolved.path)),
+        member.prompt_style,
+        max_seq_len=config.max_seq_len,
+        policy=config.length_policy,
+    )
+    rows = [{"id": e.id, "input_ids": list(e.input_ids), "prompt_len": e.prompt_len} for e in examples]
+    path.write_text(json.dumps(rows), encoding="utf-8")
+    return {"examples": len(rows), "shortened": len(report.shortened), "dropped": len(report.dropped)}
 
 
 def worker(args: argparse.Namespace) -> int:
-    """One backend in this process; writes its measurements to --result."""
+    """One backend in this process: train on the examples file, write the measurements to --result."""
     from training.backends import prepare, software_versions
-    from training.config import load_recipe
 
-    overrides = [
-        *args.overrides,
-        f"train.backend={args.worker}",
-        f"train.max_steps={args.steps}",
-        "train.eval_at_start=false",
-        "train.progress=false",
-    ]
-    run = load_recipe(args.config, overrides)
-    run = run.select([args.member or run.members[0].name])
+    run = _load_run(args, args.worker)
     config, member = run.train, run.members[0]
     device, backend = prepare(config)  # unsloth, when chosen, is imported before transformers
 
     import torch
 
     from training.backends import load_training_base
-    from training.data import PromptEncoder, encode_examples, load_training_data
+    from training.data import TrainExample
     from training.runner import resolve_base
     from training.trainer import JsonlLog, train_member
 
-    resolved = resolve_base(config)
+    rows = json.loads(Path(args.examples).read_text(encoding="utf-8"))
+    examples = [TrainExample(r["id"], tuple(r["input_ids"]), r["prompt_len"]) for r in rows]
     started = time.perf_counter()
-    base = load_training_base(backend, resolved, config, device)
-    data = load_training_data(config)
-    examples, _ = encode_examples(
-        data.train,
-        PromptEncoder(base.tokenizer),
-        member.prompt_style,
-        max_seq_len=config.max_seq_len,
-        policy=config.length_policy,
-    )
+    base = load_training_base(backend, resolve_base(config), config, device)
     model, _ = base.attach(member)
     load_seconds = time.perf_counter() - started
-    with tempfile.TemporaryDirectory() as tmp:
-        log_path = Path(tmp) / "log.jsonl"
-        result = train_member(
-            model,
-            examples,
-            member,
-            config,
-            pad_id=base.tokenizer.pad_token_id,
-            device=device,
-            bf16=base.bf16,
-            log=JsonlLog(log_path),
-        )
-        steps = [json.loads(line) for line in log_path.read_text().splitlines()]
+    log_path = Path(args.step_log)
+    log_path.unlink(missing_ok=True)
+    result = train_member(
+        model,
+        examples,
+        member,
+        config,
+        pad_id=base.tokenizer.pad_token_id,
+        device=device,
+        bf16=base.bf16,
+        log=JsonlLog(log_path),
+    )
+    steps = [r for r in map(json.loads, log_path.read_text().splitlines()) if r["event"] == "step"]
     steady = [s for s in steps if s["step"] > args.warmup_steps] or steps
+    cuda = device == "cuda"
     report = {
         "backend": backend,
-        "device": torch.cuda.get_device_name(0) if device == "cuda" else platform.processor() or "cpu",
+        "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
         "member": member.name,
         "prompt_style": member.prompt_style,
         "quantization": base.quantization,
         "precision": "bf16" if base.bf16 else "fp32",
+        "attention": base.attention(),
         "gradient_checkpointing": config.gradient_checkpointing,
         "batch_size": config.batch_size,
         "grad_accum": config.grad_accum,
         "max_seq_len": config.max_seq_len,
         "r": member.r,
+        "examples": len(examples),
         "steps": result.steps,
         "warmup_steps_excluded": args.warmup_steps if steady is not steps else 0,
         "tokens_per_second": round(sum(s["tokens"] for s in steady) / sum(s["seconds"] for s in steady), 1),
         "tokens_per_second_all_steps": round(result.tokens_per_second, 1),
         "seconds_per_step": round(sum(s["seconds"] for s in steady) / len(steady), 4),
         "peak_gpu_memory_bytes": result.peak_memory_bytes,
+        "peak_gpu_reserved_bytes": int(torch.cuda.max_memory_reserved()) if cuda else None,
         "load_seconds": round(load_seconds, 1),
         "first_loss": round(result.losses[0], 4),
         "last_loss": round(result.losses[-1], 4),
+        "skipped_steps": result.skipped_steps,
         "software": software_versions(backend),
     }
     Path(args.result).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     return 0
 
 
-def _table(reports: list[dict]) -> str:
+def run_backend(args: argparse.Namespace, backend: str, examples: Path, folder: Path) -> dict[str, Any]:
+    """Run one backend's worker process under the time limit; its measurements, or its error."""
+    result = folder / f".{backend}.result.json"
+    command = [
+        sys.executable,
+        "-m",
+        "bench.train_backends",
+        *("--worker", backend, "--result", str(result), "--examples", str(examples)),
+        *("--step-log", str(folder / f"{backend}.train_log.jsonl"), "--config", args.config),
+        *("--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps)),
+        *(["--member", args.member] if args.member else []),
+        *(f"--set={o}" for o in args.overrides),
+    ]
+    log = folder / f"{backend}.log"
+    started = time.perf_counter()
+    with log.open("w", encoding="utf-8") as sink:
+        # A session of its own, so that its whole process group (compile workers included) can be stopped.
+        process = subprocess.Popen(
+            command, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        code: int | None = None
+        try:
+            code = process.wait(timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:  # past its time, or this process interrupted: the worker's whole group goes
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    seconds = round(time.perf_counter() - started, 1)
+    if code == 0 and result.is_file():
+        report = json.loads(result.read_text(encoding="utf-8"))
+        result.unlink()
+        return {**report, "wall_seconds": seconds}
+    error = f"timed out after {args.timeout} s" if code is None else _error_line(log, code)
+    sys.stderr.write(f"{backend} failed ({error}); its output: {log}\n")
+    return {"backend": backend, "error": error, "wall_seconds": seconds, "log": log.name}
+
+
+def _error_line(log: Path, code: int) -> str:
+    """The exception a failed worker ended with (its last such line), else its last line of output."""
+    lines = [line.strip() for line in log.read_text(encoding="utf-8", errors="replace").splitlines()]
+    errors = [line for line in lines if _ERROR_LINE.match(line)]
+    last = errors[-1] if errors else next((line for line in reversed(lines) if line), "no output")
+    return f"exit {code}: {last[:400]}"
+
+
+def table(reports: list[dict[str, Any]]) -> str:
     lines = [
-        "| backend | device | steps | tokens/s | s/step | peak GPU memory | load s | loss first -> last |",
-        "|---|---|---|---|---|---|---|---|",
+        "| backend | device | steps | tokens/s | s/step | peak GPU memory | load s | loss first -> last | "
+        "skipped steps |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in reports:
         if "error" in r:
-            lines.append(f"| {r['backend']} | - | - | - | - | - | - | failed: {r['error'][:60]} |")
+            lines.append(f"| {r['backend']} | - | - | - | - | - | - | failed: {r['error'][:80]} | - |")
             continue
-        memory = (
-            "-" if r["peak_gpu_memory_bytes"] is None else f"{r['peak_gpu_memory_bytes'] / 2**30:.2f} GiB"
-        )
+        memory = r["peak_gpu_memory_bytes"]
         lines.append(
             f"| {r['backend']} | {r['device']} | {r['steps']} | {r['tokens_per_second']:.0f} | "
-            f"{r['seconds_per_step']:.3f} | {memory} | {r['load_seconds']} | "
-            f"{r['first_loss']:.3f} -> {r['last_loss']:.3f} |"
+            f"{r['seconds_per_step']:.3f} | {'-' if memory is None else f'{memory / 2**30:.2f} GiB'} | "
+            f"{r['load_seconds']} | {r['first_loss']:.3f} -> {r['last_loss']:.3f} | "
+            f"{len(r['skipped_steps'])} |"
         )
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=str(ROOT / "recipes" / "korquad-qwen0.5b.toml"))
     parser.add_argument("--member", help="the recipe member to train (default: the first)")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--warmup-steps", type=int, default=5, help="steps left out of tokens/s")
-    parser.add_argument("--backends", default="unsloth,peft")
+    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per backend")
+    parser.add_argument("--warmup-steps", type=int, default=5, help="first steps left out of tokens/s")
+    parser.add_argument("--backends", help="comma-separated, run in this order (default: peft,unsloth)")
+    parser.add_argument("--timeout", type=int, default=180, help="seconds per backend, load included")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="the tiny model on the CPU, peft only, 3 steps, results in a temporary folder",
+        "--out", help="folder for the results (default: bench/results; --dry-run: a temp dir)"
     )
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
-    parser.add_argument("--result", help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if args.dry_run:
-        args.overrides = [*DRY_RUN, *args.overrides]
-        args.backends, args.steps, args.warmup_steps = "peft", 3, 1
-        args.out = tempfile.mkdtemp(prefix="train-backends-")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="the tiny model on the CPU, 3 steps (peft unless --backends)"
+    )
+    for hidden in ("--worker", "--result", "--examples", "--step-log"):
+        parser.add_argument(hidden, help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.worker:
         return worker(args)
-
-    reports = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for backend in [b.strip() for b in args.backends.split(",") if b.strip()]:
-            result = Path(tmp) / f"{backend}.json"
-            command = [
-                sys.executable,
-                "-m",
-                "bench.train_backends",
-                "--worker",
-                backend,
-                "--result",
-                str(result),
-                "--config",
-                args.config,
-                "--steps",
-                str(args.steps),
-                "--warmup-steps",
-                str(args.warmup_steps),
-            ]
-            command += ["--member", args.member] if args.member else []
-            command += [f"--set={o}" for o in args.overrides]
-            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
-            if done.returncode != 0 or not result.is_file():
-                tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-                sys.stderr.write(done.stderr[-4000:])
-                reports.append({"backend": backend, "error": tail[0]})
-                continue
-            reports.append(json.loads(result.read_text()))
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"train_backends-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
-    path.write_text(
-        json.dumps(
-            {"config": args.config, "overrides": args.overrides, "steps": args.steps, "results": reports},
-            indent=2,
-        )
-        + "\n",
-        encoding="utf-8",
-    )
-    sys.stdout.write(_table(reports) + f"wrote {path}\n")
-    return 0 if all("error" not in r for r in reports) else 1
+    if args.dry_run:
+        args.overrides = [*DRY_RUN, *args.overrides]
+        args.backends, args.steps, args.warmup_steps = args.backends or "peft", 3, 1
+        args.out = args.out or tempfile.mkdtemp(prefix="train-backends-")
+    backends = [b.strip() for b in (args.backends or "peft,unsloth").split(",") if b.strip()]
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    folder = Path(args.out or ROOT / "bench" / "results") / f"train_backends-{stamp}"
+    folder.mkdir(parents=True, exist_ok=True)
+    examples = folder / ".examples.json"
+    report: dict[str, Any] = {
+        "date": stamp,
+        "config": args.config,
+        "member": args.member,
+        "overrides": args.overrides,
+        "steps": args.steps,
+        "warmup_steps": args.warmup_steps,
+        "data": write_examples(args, examples),
+        "results": [],
+    }
+    for backend in backends:
+        report["results"].append(run_backend(args, backend, examples, folder))
+        (folder / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    examples.unlink()
+    text = table(report["results"])
+    (folder / "report.md").write_text(text, encoding="utf-8")
+    sys.stdout.write(text + f"wrote {folder}\n")
+    return 0 if any("error" not in r for r in report["results"]) else 1
 
 
 if __name__ == "__main__":

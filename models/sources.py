@@ -232,6 +232,57 @@ def convert_gguf(gguf: Path, dest: Path, *, save_dtype: str = SAVE_DTYPE) -> Non
     model.config.dtype = save_dtype
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
+    align_special_tokens(dest)
+
+
+def align_special_tokens(folder: Path) -> bool:
+    """Give a converted folder's tokenizer the EOS its GGUF declares when its pad is its EOS; True if changed.
+
+    transformers' Qwen2 GGUF tokenizer keeps `Qwen2Tokenizer`'s defaults (eos = pad = `<|endoftext|>`) while
+    the GGUF's own ids land in config.json (eos `<|im_end|>` 151645, pad `<|endoftext|>` 151643, as in Qwen's
+    own tokenizer_config). Unsloth refuses a pad equal to EOS and, finding no other, fails with "Could not
+    find a valid pad token" (unsloth_zoo/pad_token.py). So the EOS becomes the declared one, and
+    generation_config also lists the old EOS (Qwen's own lists [151645, 151643]): generation stops where it
+    did. Idempotent; it also repairs a folder converted before it existed. Other folders are left alone.
+    """
+    names = ("config", "tokenizer_config", "tokenizer", "generation_config")
+    paths = {name: folder / f"{name}.json" for name in names}
+    if not all(path.is_file() for path in paths.values()):
+        return False
+    config, tokenizer_config, generation = (
+        json.loads(paths[name].read_text(encoding="utf-8"))
+        for name in ("config", "tokenizer_config", "generation_config")
+    )
+    eos = _token_content(tokenizer_config.get("eos_token"))
+    if eos is None or eos != _token_content(tokenizer_config.get("pad_token")):
+        return False
+    added = json.loads(paths["tokenizer"].read_text(encoding="utf-8")).get("added_tokens", [])
+    special = {t["id"]: t["content"] for t in added if t.get("special")}
+    old_id = next((i for i, content in special.items() if content == eos), None)
+    declared = config.get("eos_token_id")
+    if old_id is None or type(declared) is not int or special.get(declared, eos) == eos:
+        return False
+    if config.get("pad_token_id") not in (None, old_id):
+        return False  # the GGUF names another pad: not the case repaired here
+    tokenizer_config["eos_token"] = special[declared]
+    if "eos_token_id" in tokenizer_config:
+        tokenizer_config["eos_token_id"] = declared
+    stops = generation.get("eos_token_id")
+    stops = [stops] if isinstance(stops, int) else list(stops or [])
+    generation["eos_token_id"] = list(dict.fromkeys([declared, *stops, old_id]))
+    for name, data in (("tokenizer_config", tokenizer_config), ("generation_config", generation)):
+        staged = paths[name].with_name(paths[name].name + ".partial")
+        staged.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        staged.replace(paths[name])
+    logger.info("%s: tokenizer EOS is now %s (the pad stays %s)", folder, special[declared], eos)
+    return True
+
+
+def _token_content(value: object) -> str | None:
+    """A special token as tokenizer_config.json writes it: a string, or an AddedToken dict with `content`."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) else None
 
 
 def fetch_model(
@@ -254,6 +305,10 @@ def fetch_model(
     dest = Path(cache_dir) / "models" / key
     info = read_base_info(dest)
     if info is not None and info.fingerprint == source.gguf_sha256:
+        try:
+            align_special_tokens(dest)  # a folder converted before the tokens were aligned
+        except OSError as e:  # a read-only cache still serves as before; only unsloth training needs this
+            logger.warning("%s: could not align the tokenizer's special tokens: %s", dest, e)
         return dest
     downloads = Path(cache_dir) / "downloads" / key
     if gguf_path is not None:

@@ -111,6 +111,14 @@ class TrainingBase:
         self.bf16 = use_bf16(config, device)
         self.tokenizer: Any = None
 
+    def attention(self) -> dict[str, Any]:
+        """How attention ran in training, for the manifest: the implementation, and whether SDPA could use
+        its cuDNN kernel (None off CUDA)."""
+        return {
+            "implementation": self.config.attn_implementation,
+            "cudnn_sdpa": self.config.cudnn_sdpa if self.device == "cuda" else None,
+        }
+
     def attach(self, member: MemberConfig) -> tuple[Any, str]:
         """A peft model with a new adapter for `member` (seeded with `member.seed`), active and trainable;
         returns it and the adapter's name on it."""
@@ -137,9 +145,13 @@ class PeftBase(TrainingBase):
         from models.loading import LoadConfig, load_base
 
         dtype = "bfloat16" if self.bf16 else "float32"
-        model, self.tokenizer = load_base(
-            resolved.path, LoadConfig(device=device, quantization=self.quantization, dtype=dtype)
+        load = LoadConfig(
+            device=device,
+            quantization=self.quantization,
+            dtype=dtype,
+            attn_implementation=config.attn_implementation,
         )
+        model, self.tokenizer = load_base(resolved.path, load)
         checkpointing = {"use_reentrant": False}
         if self.quantization == "4bit":
             _keep_cpu_4bit_layout(model)
@@ -194,6 +206,15 @@ class UnslothBase(TrainingBase):
         # The serving tokenizer, not unsloth's copy: prompts are tokenized exactly as the server does.
         self.tokenizer = load_tokenizer(resolved.path)
         self._model: Any = None
+        if config.attn_implementation != "sdpa":
+            logger.warning(
+                "train.attn_implementation=%s is ignored: unsloth chooses its own attention",
+                config.attn_implementation,
+            )
+
+    def attention(self) -> dict[str, Any]:
+        # Unsloth's kernels; a batch with a padding mask still runs torch SDPA (unsloth/models/llama.py).
+        return {**super().attention(), "implementation": "unsloth"}
 
     def _checkpointing(self) -> str | bool:
         return "unsloth" if self.config.gradient_checkpointing else False

@@ -31,6 +31,7 @@ Precision = Literal["auto", "bf16", "fp32"]
 Quantization = Literal["auto", "4bit", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 Backend = Literal["auto", "unsloth", "peft"]
+AttnImplementation = Literal["sdpa", "eager"]
 SaveDType = Literal["bfloat16", "float16", "float32"]
 
 
@@ -178,6 +179,11 @@ class TrainConfig:
     """auto = unsloth on CUDA when it is installed, else peft (transformers + peft + bitsandbytes)."""
     gradient_checkpointing: bool = True
     """Recompute activations in backward (less memory, ~30% slower); unsloth uses its own variant."""
+    attn_implementation: AttnImplementation = "sdpa"
+    """The peft backend's attention in training (transformers' `attn_implementation`); unsloth has its own."""
+    cudnn_sdpa: bool = False
+    """Let PyTorch's SDPA pick its cuDNN kernel when training on CUDA. Off: on H100/H200 its backward gives
+    NaN gradients for masked batches 64 mod 128 tokens long (pytorch/pytorch#196678), as in our H200 runs."""
     neftune_noise_alpha: float | None = None
     """NEFTune: uniform noise of this scale on the input embeddings while training; None disables it."""
     prompt_loss_weight: float = 0.0
@@ -209,6 +215,7 @@ class TrainConfig:
             ("device", ("auto", "cpu", "cuda")),
             ("backend", ("auto", "unsloth", "peft")),
             ("save_dtype", ("bfloat16", "float16", "float32")),
+            ("attn_implementation", ("sdpa", "eager")),
             ("data_format", ("auto", "squad", "csv", "jsonl")),
         ):
             _choice(f"train.{name}", getattr(self, name), allowed)
@@ -237,7 +244,7 @@ class TrainConfig:
             _number("train.neftune_noise_alpha", self.neftune_noise_alpha, low=0, low_open=True)
         if self.max_steps is not None:
             _number("train.max_steps", self.max_steps, low=1, integer=True)
-        for name in ("eval_at_start", "gradient_checkpointing", "overwrite", "progress"):
+        for name in ("eval_at_start", "gradient_checkpointing", "cudnn_sdpa", "overwrite", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(f"train.{name}", f"must be true or false; got {getattr(self, name)!r}")
         if self.device == "cpu" and self.backend == "unsloth":

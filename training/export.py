@@ -37,6 +37,7 @@ REQUIRED_TRAINING_KEYS = (
     "date",
     "software",
     "backend",
+    "attention",
     "tokens_per_second",
     "peak_gpu_memory_bytes",
 )

@@ -31,6 +31,8 @@ from training.validation import Validator
 logger = logging.getLogger(__name__)
 REPORT_DIR = ".training"
 TRAIN_LOG = "train_log.jsonl"
+MAX_NONFINITE_IN_MANIFEST = 20
+"""Skipped steps described in the manifest (every one is in the member's train log)."""
 
 
 @dataclass(frozen=True)
@@ -152,6 +154,7 @@ def run_training(run: RunConfig, *, device: str, backend: str) -> list[MemberOut
             device=device,
             quantization=base.quantization,
             bf16=base.bf16,
+            attention=base.attention(),
             seconds=time.perf_counter() - started,
         )
         manifest = AdapterManifest(
@@ -195,6 +198,7 @@ def run_training(run: RunConfig, *, device: str, backend: str) -> list[MemberOut
                 "folder": str(o.folder),
                 "best": asdict(o.result.best) if o.result.best else None,
                 "tokens_per_second": round(o.result.tokens_per_second, 1),
+                "skipped_steps": o.result.skipped_steps,
             }
             for o in outcomes
         },
@@ -214,6 +218,7 @@ def training_facts(
     device: str,
     quantization: str,
     bf16: bool,
+    attention: dict[str, Any],
     seconds: float,
 ) -> dict[str, Any]:
     """The manifest's `training` object: everything needed to know how this adapter was made."""
@@ -245,8 +250,10 @@ def training_facts(
         "device": device,
         "quantization": quantization,
         "precision": "bf16" if bf16 else "fp32",
+        "attention": attention,
         "tokens_per_second": round(result.tokens_per_second, 1),
         "skipped_steps": result.skipped_steps,
+        "nonfinite_steps": [asdict(n) for n in result.nonfinite[:MAX_NONFINITE_IN_MANIFEST]],
         "train_seconds": round(result.train_seconds, 1),
         "eval_seconds": round(result.eval_seconds, 1),
         "wall_seconds": round(seconds, 1),

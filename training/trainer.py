@@ -4,8 +4,9 @@ A plain loop rather than `transformers.Trainer`, so every step is visible: answe
 small weight on prompt tokens, computed per token here), bf16 autocast on CUDA, optional NEFTune noise on the
 input embeddings, gradient clipping. Every `eval_every` fraction of an epoch it calls a validation function
 and keeps a CPU copy of the LoRA weights with the best validation F1 (not the lowest loss); at the end that
-copy is put back. Loss and F1 go to a JSONL log and a tqdm bar. It knows nothing about files, data formats
-or how validation answers are produced.
+copy is put back. A step whose loss or gradients are not finite is skipped, and where it went non-finite is
+logged (`stability`). Loss and F1 go to a JSONL log and a tqdm bar. It knows nothing about files, data
+formats or how validation answers are produced.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch.nn.functional as F
 
 from training.config import MemberConfig, TrainConfig
 from training.data import IGNORE_INDEX, TrainExample
+from training.stability import NonFinite, attention_kernels, find_nonfinite
 
 logger = logging.getLogger(__name__)
 Evaluate = Callable[[], tuple[float, float]]
@@ -189,6 +191,8 @@ class TrainResult:
     peak_memory_bytes: int | None = None
     skipped_steps: list[int] = field(default_factory=list)
     """Optimizer steps skipped because the loss or a gradient was not finite (weights left as they were)."""
+    nonfinite: list[NonFinite] = field(default_factory=list)
+    """For each skipped step, where it went non-finite (see `stability.find_nonfinite`)."""
 
     @property
     def tokens_per_second(self) -> float:
@@ -232,7 +236,8 @@ def train_member(
 
     schedule = Schedule.plan(len(examples), config)
     log = log or JsonlLog(None)
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     if not params:
         raise ValueError(f"member {member.name}: the model has no trainable parameters")
     optimizer = torch.optim.AdamW(params, lr=member.learning_rate, weight_decay=config.weight_decay)
@@ -290,7 +295,8 @@ def train_member(
     train_mode(model)
     if config.eval_at_start:
         validate(0)
-    with NEFTune(model, config.neftune_noise_alpha):
+    attention = attention_kernels(cudnn=config.cudnn_sdpa, device=device)
+    with NEFTune(model, config.neftune_noise_alpha), attention as backends:
         for step in range(1, schedule.total_steps + 1):
             started = time.perf_counter()
             micro = [
@@ -299,28 +305,53 @@ def train_member(
             ]
             denominator = sum(step_weight(b) for b in micro)
             answer_sum, answer_tokens, step_tokens = 0.0, 0, 0
-            for batch in micro:
+            incident: NonFinite | None = None
+            for index, batch in enumerate(micro):
                 with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
                     objective, answer_ce = batch_loss(model, batch, config.prompt_loss_weight)
                 (objective / denominator).backward()
-                answer_sum += float(answer_ce)
+                answer = float(answer_ce)
+                answer_sum += answer
                 answer_tokens += batch.target_tokens
                 step_tokens += int(batch.attention_mask.sum())
+                if incident is None:
+                    incident = find_nonfinite(
+                        named,
+                        step=step,
+                        micro_batch=index,
+                        micro_batches=len(micro),
+                        forward_finite=math.isfinite(answer) and bool(torch.isfinite(objective.detach())),
+                        shape=(batch.input_ids.size(0), batch.input_ids.size(1)),
+                        backends=backends,
+                    )
             # One non-finite update turns every LoRA weight into NaN for good (seen on an H200 with bf16
             # autocast: validation F1 0 from then on), so such a step is skipped, logged and counted instead.
-            finite = math.isfinite(answer_sum) and all(
-                bool(torch.isfinite(p.grad).all()) for p in params if p.grad is not None
-            )
             grad_norm = (
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                if config.max_grad_norm > 0 and finite
+                if config.max_grad_norm > 0 and incident is None
                 else None
             )
-            if finite:
+            if incident is None:
                 optimizer.step()
             else:
                 result.skipped_steps.append(step)
-                logger.warning("%s step %d: non-finite loss or gradient; update skipped", member.name, step)
+                result.nonfinite.append(incident)
+                log.write(event="nonfinite", member=member.name, **asdict(incident))
+                logger.warning(
+                    "%s step %d: non-finite %s in micro-batch %d of %d (%d x %d tokens, width %% 128 = %d); "
+                    "first non-finite gradient in backward order: %s (%d of %d); update skipped",
+                    member.name,
+                    step,
+                    "gradient" if incident.forward_finite else "loss",
+                    incident.micro_batch + 1,
+                    incident.micro_batches,
+                    incident.rows,
+                    incident.width,
+                    incident.width_mod_128,
+                    incident.first_nonfinite_grad,
+                    incident.nonfinite_grads,
+                    incident.trainable,
+                )
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             loss = answer_sum / max(1, answer_tokens)

@@ -50,6 +50,16 @@ def test_overrides_set_train_keys_every_member_or_one_member():
     assert [m.name for m in run.select(["qwen05-zs-s3"]).members] == ["qwen05-zs-s3"]
 
 
+def test_attention_defaults_keep_cudnn_sdpa_off_and_can_be_overridden():
+    train = load_recipe(RECIPES / "korquad-qwen0.5b.toml").train
+    assert (train.attn_implementation, train.cudnn_sdpa) == ("sdpa", False)
+    run = load_recipe(
+        RECIPES / "korquad-qwen0.5b.toml", ["train.attn_implementation=eager", "train.cudnn_sdpa=true"]
+    )
+    assert (run.train.attn_implementation, run.train.cudnn_sdpa) == ("eager", True)
+    assert run.to_dict()["train"]["cudnn_sdpa"] is True  # what the manifest's `train` records
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -63,6 +73,8 @@ def test_overrides_set_train_keys_every_member_or_one_member():
         ("members.qwen05-pr-s2.prompt_style=chatty", "members.qwen05-pr-s2.prompt_style: "),
         ("members.nobody.r=8", "--set: 'members.nobody.r=8': no member named 'nobody'"),
         ("epochs=1", "--set: 'epochs=1' must look like train.KEY=VALUE"),
+        ("train.attn_implementation=flash", "train.attn_implementation: must be one of sdpa, eager"),
+        ("train.cudnn_sdpa=1", "train.cudnn_sdpa: must be true or false"),
     ],
 )
 def test_a_bad_value_names_its_key(override, message):

@@ -80,6 +80,10 @@ def test_manifest_is_complete(trained_dir: Path, tiny_model_dir: Path, members, 
         assert facts["steps"] == 1 and facts["max_epochs"] == 1
         assert {"torch", "transformers", "peft", "bitsandbytes"} <= set(facts["software"])
         assert facts["backend"] == "peft" and facts["tokens_per_second"] > 0
+        # The attention used in training (cuDNN SDPA is a CUDA matter: None on the CPU), no skipped step.
+        assert facts["attention"] == {"implementation": "sdpa", "cudnn_sdpa": None}
+        assert facts["train"]["cudnn_sdpa"] is False and facts["train"]["attn_implementation"] == "sdpa"
+        assert facts["skipped_steps"] == [] and facts["nonfinite_steps"] == []
         assert facts["date"][:2] == "20"
         log = [json.loads(line) for line in (trained_dir / name / TRAIN_LOG).read_text().splitlines()]
         assert [r["step"] for r in log if r["event"] == "eval"] == [0, 1]

@@ -221,3 +221,70 @@ def test_a_non_finite_step_is_skipped_and_the_weights_stay_finite(tiny_model_dir
     lora = [p for n, p in model.named_parameters() if "lora_" in n]
     assert lora and all(bool(torch.isfinite(p).all()) for p in lora)
     assert all(v == v for i, v in enumerate(result.losses) if i != 1)  # later steps train normally
+    assert [n.forward_finite for n in result.nonfinite] == [False]  # the loss itself was NaN
+
+
+def test_a_nan_entering_in_backward_is_traced_to_its_parameter(tiny_model_dir, encoded, tmp_path):
+    # Like cuDNN's SDPA bug (pytorch/pytorch#196678): the forward is finite, the gradient of the last
+    # layer's query projection is NaN, and the NaN spreads to every layer below it.
+    import json
+
+    from training.trainer import JsonlLog
+
+    config = _config(max_steps=3, grad_accum=2)
+    base = _base(tiny_model_dir, config)
+    model, _ = base.attach(MEMBER)
+    layers = [n for n, _ in model.named_modules() if n.endswith("self_attn.q_proj")]
+    q_proj = model.get_submodule(layers[-1])
+    calls = {"forward": 0}
+
+    def poison(module, args, output):
+        calls["forward"] += 1
+        if calls["forward"] == 4:  # step 2, its second micro-batch
+            output.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+        return output
+
+    handle = q_proj.register_forward_hook(poison)
+    log = tmp_path / "log.jsonl"
+    try:
+        result = train_member(
+            model,
+            encoded,
+            MEMBER,
+            config,
+            pad_id=base.tokenizer.pad_token_id,
+            device="cpu",
+            bf16=False,
+            log=JsonlLog(log),
+        )
+    finally:
+        handle.remove()
+    assert result.skipped_steps == [2]
+    (found,) = result.nonfinite
+    assert found.forward_finite and found.first_nonfinite_grad == f"{layers[-1]}.lora_B.m.weight"
+    assert (found.step, found.micro_batch, found.micro_batches) == (2, 1, 2)
+    assert found.nonfinite_grads == 2 + 14 and found.trainable == 28  # its own A and B, all of layer 0
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    (logged,) = [r for r in records if r["event"] == "nonfinite"]
+    assert logged["first_nonfinite_grad"] == found.first_nonfinite_grad and logged["step"] == 2
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters() if p.requires_grad)
+
+
+def test_the_loop_runs_inside_the_attention_setting(tiny_model_dir, encoded, monkeypatch):
+    import contextlib
+
+    import training.trainer as trainer
+
+    seen = []
+
+    @contextlib.contextmanager
+    def recording(*, cudnn, device):
+        seen.append((cudnn, device))
+        yield None
+
+    monkeypatch.setattr(trainer, "attention_kernels", recording)
+    config = _config(max_steps=1, cudnn_sdpa=True)
+    base = _base(tiny_model_dir, config)
+    model, _ = base.attach(MEMBER)
+    train_member(model, encoded, MEMBER, config, pad_id=base.tokenizer.pad_token_id, device="cpu", bf16=False)
+    assert seen == [(True, "cpu")]
