@@ -114,6 +114,7 @@ class QAService:
             default_prompts=tuple(s.default_prompts),
             default_decoding=self._defaults(),
             lora_backend=s.lora_backend,
+            compile=s.compile,
             max_resident_adapters=s.max_resident_adapters,
             pinned_adapters=tuple(s.pinned_adapters),
         )

@@ -55,6 +55,11 @@ class ServiceSettings(BaseSettings):
         description="How rows of one batch use different adapters: stacked (all resident adapters in one "
         "matmul pair per layer, a per-row mask) or peft (peft's mixed-adapter batch, a loop per adapter).",
     )
+    compile: bool = Field(
+        False,
+        description="Decode over a static KV cache with torch.compile (inductor, CUDA graphs) on CUDA; "
+        "prompts are padded to multiples of 64 tokens. Needs lora_backend=stacked. First calls compile.",
+    )
     max_resident_adapters: int | None = Field(
         None,
         ge=1,

@@ -48,6 +48,8 @@ class EngineConfig:
     """Decoding used when a request gives none."""
     lora_backend: Literal["stacked", "peft"] = "stacked"
     """How one batch mixes adapters (see `models.multi_lora`); peft's mixed batch is the reference."""
+    compile: bool = False
+    """Decode over a static KV cache with torch.compile (inductor: CUDA graphs); needs the stacked backend."""
     max_resident_adapters: int | None = None
     """Most adapters on the model at once (least recently used out first); None = all of them."""
     pinned_adapters: tuple[str, ...] = ()
@@ -166,6 +168,7 @@ def build_engine(config: EngineConfig) -> Engine:
         max_resident_adapters=config.max_resident_adapters,
         pinned_adapters=config.pinned_adapters,
         lora_backend=config.lora_backend,
+        compile_backend="inductor" if config.compile else None,
     )
     registry = None
     if config.adapters_dir is not None:

@@ -30,6 +30,8 @@ from models.weights import check_lora_weights
 
 logger = logging.getLogger(__name__)
 
+PAD_MULTIPLE = 64
+"""With compilation on, prompts are left-padded to a multiple of this many tokens (shapes repeat)."""
 BASE_ADAPTER = "__base__"
 """peft's name for "no adapter" in a mixed batch (see peft's `LoraLayer._mixed_batch_forward`)."""
 Prompt = str | list[dict[str, str]]
@@ -71,6 +73,7 @@ class Generator:
         max_resident_adapters: int | None = None,
         pinned_adapters: Sequence[str] = (),
         lora_backend: Literal["stacked", "peft"] = "stacked",
+        compile_backend: str | None = None,
     ):
         self._model = model
         self._tokenizer = tokenizer
@@ -81,6 +84,11 @@ class Generator:
         if hasattr(model, "peft_config"):
             lora_backend = "peft"  # a peft model passed in (training attaches its adapter): peft serves it
         self.lora_backend = lora_backend
+        # torch.compile of the forward over a static KV cache (CUDA graphs with "inductor"): the per-token
+        # Python and kernel-launch cost is what bounds a small model's decode step, not its weights.
+        self.compile_backend = compile_backend
+        if compile_backend is not None and lora_backend == "peft":
+            raise ValueError("compile needs the stacked LoRA backend (peft's mixed batch loops in Python)")
         self._stacked: StackedLora | None = StackedLora(model) if lora_backend == "stacked" else None
         self._attached: set[str] = set()
         self._lock = threading.RLock()
@@ -279,6 +287,8 @@ class Generator:
                     torch.manual_seed(seed)
             if num_beams > 1:
                 kwargs["length_penalty"] = 1.0
+            if self.compile_backend is not None:
+                kwargs.update(self._compile_kwargs())
             if self._stop_at_newline:
                 kwargs["stopping_criteria"] = StoppingCriteriaList(
                     [_FirstLineDone(input_ids.shape[1], self._line_ends)]
@@ -357,6 +367,16 @@ class Generator:
             )
         return part
 
+    def _compile_kwargs(self) -> dict[str, Any]:
+        from transformers import CompileConfig
+
+        config = CompileConfig(
+            backend=self.compile_backend,
+            mode=None if self.compile_backend != "inductor" else "reduce-overhead",
+        )
+        config._compile_all_devices = True  # the CPU tests run the same path with a trace-only backend
+        return {"cache_implementation": "static", "compile_config": config}
+
     def _encode(self, rows: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize each row and left-pad them into one batch. Chat-rendered rows already hold their special
         tokens; plain strings get the tokenizer's own (a BOS, for some models)."""
@@ -371,6 +391,8 @@ class Generator:
                 )
             encoded.append(ids)
         width, pad = max(len(ids) for ids in encoded), self._tokenizer.pad_token_id
+        if self.compile_backend is not None:
+            width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE  # fewer distinct shapes, fewer recompilations
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], dtype=torch.long)
         device = self._model.device
