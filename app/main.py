@@ -28,7 +28,7 @@ from app.job_store import JobStore
 from app.jobs import JobManager
 from app.limits import BodyLimitMiddleware
 from app.request_log import RequestLogMiddleware
-from app.routes import adapters, answer, batch, demo, health
+from app.routes import adapters, answer, batch, batch_jobs, demo, health
 from app.service import QAService
 from app.settings import ServiceSettings
 
@@ -63,11 +63,18 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    install_error_handlers(app)
-    for module in (health, answer, batch, adapters):
+    for module in (health, answer, batch, batch_jobs, adapters):
         app.include_router(module.router)
     app.include_router(demo.router)
     app.mount("/static", demo.static_files(), name="static")
+    install_http_layers(app, settings, api_key)
+    return app
+
+
+def install_http_layers(app: FastAPI, settings: ServiceSettings, api_key: str | None) -> None:
+    """The error handlers and middlewares every HTTP front of the service has (this app and the Ray Serve
+    ingress of `deploy.ingress` alike): one JSON error body, the body limits, the API key, request ids."""
+    install_error_handlers(app)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -79,7 +86,6 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
         _document_api_key(app)
     # Added last = outermost: every response, a 401 or 413 of the middlewares above included, carries the id.
     app.add_middleware(RequestLogMiddleware, respond=internal_error_response)
-    return app
 
 
 def begin_shutdown(app: FastAPI) -> None:

@@ -46,6 +46,9 @@ class EngineConfig:
     """Prompt variants used when a request names none."""
     default_decoding: Decoding = field(default_factory=Decoding)
     """Decoding used when a request gives none."""
+    preload_adapters: bool = True
+    """Load every adapter of `adapters_dir` at start. False: start with the base alone and load adapters by
+    name later (`Engine.load_adapter`), as Ray Serve replicas do for the adapter sets routed to them."""
 
     def __post_init__(self) -> None:
         if not self.default_prompts:
@@ -134,7 +137,9 @@ def build_engine(config: EngineConfig) -> Engine:
     )
     generator = Generator(model, tokenizer, max_input_tokens=config.max_input_tokens)
     registry = None
-    if config.adapters_dir is not None:
+    if config.adapters_dir is not None and not config.preload_adapters:
+        registry = AdapterRegistry()  # filled by load_adapter as adapters are asked for
+    elif config.adapters_dir is not None:
         registry = AdapterRegistry.from_dir(
             config.adapters_dir, base_key=resolved.key, base_fingerprint=resolved.fingerprint
         )
