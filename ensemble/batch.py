@@ -4,6 +4,11 @@ Used by `POST /batch` and `qa-eval run`, so the service and the offline report c
 that fails is retried row by row, so one bad row (a prompt too long, say) fails only itself: the output always
 has exactly one row per input row, in input order, with its id and, for a failed row, the error. This module
 runs no threads and holds no state between calls; callers report progress and cancel through callbacks.
+
+A caller that spreads one batch over several workers (`deploy`'s Ray Serve replicas) splits it with
+`split_parts` and joins the parts' results with `merge_parts`: each part is a run of whole chunks in the order
+`run_batch` itself would answer them, so every generation batch, and every answer, is the one a single
+`run_batch` call gives.
 """
 
 from __future__ import annotations
@@ -126,8 +131,7 @@ def run_batch(
     """Answer every example. `on_progress(done, total)` runs after each chunk; `should_stop()` cancels."""
     options = options or BatchOptions()
     total = len(examples)
-    # Similar lengths in one chunk waste less padding; results go back to input order at the end.
-    order = sorted(range(total), key=lambda i: len(examples[i].context) + len(examples[i].question))
+    order = length_order(examples)
     decoding = options.decoding or pipeline.config.default_decoding
     greedy = Decoding(strategy="greedy", max_new_tokens=decoding.max_new_tokens)
     # A greedy main pass already holds the greedy candidates: no second pass then.
@@ -188,6 +192,52 @@ def run_batch(
                 strategy_error=strategy_error,
             )
         )
+    return BatchResult(rows=rows, scores=_scores(examples, rows, options), seconds=seconds)
+
+
+def length_order(examples: Sequence[QAExample]) -> list[int]:
+    """The order rows are answered in: by length, so similar lengths share a chunk and waste less padding.
+
+    The sort is stable, so the rows of any slice of this order, answered alone, come in the same order again.
+    """
+    return sorted(range(len(examples)), key=lambda i: len(examples[i].context) + len(examples[i].question))
+
+
+def split_parts(examples: Sequence[QAExample], chunk_size: int, chunks_per_part: int) -> list[list[int]]:
+    """Row indexes of consecutive parts of `chunks_per_part` whole chunks each, in `length_order`.
+
+    `run_batch` over one part's rows (in this order, with the same `chunk_size`) forms exactly the chunks
+    a single `run_batch` over all rows forms, so parts can run anywhere and `merge_parts` gives the same rows.
+    """
+    if chunk_size < 1 or chunks_per_part < 1:
+        raise ValueError(f"chunk_size and chunks_per_part must be >= 1; got {chunk_size}, {chunks_per_part}")
+    order = length_order(examples)
+    size = chunk_size * chunks_per_part
+    return [order[start : start + size] for start in range(0, len(order), size)]
+
+
+def merge_parts(
+    examples: Sequence[QAExample],
+    parts: Sequence[Sequence[int]],
+    results: Sequence[BatchResult],
+    options: BatchOptions,
+) -> BatchResult:
+    """One result for the whole batch from its parts' results: rows back in input order, scores over all rows,
+    seconds summed (work time, not wall time, when the parts ran side by side)."""
+    if len(parts) != len(results):
+        raise ValueError(f"{len(parts)} parts but {len(results)} results")
+    placed: dict[int, RowResult] = {}
+    for index, result in zip(parts, results, strict=True):
+        if len(index) != len(result.rows):
+            raise ValueError(f"a part of {len(index)} rows came back with {len(result.rows)}")
+        placed.update(zip(index, result.rows, strict=True))
+    if sorted(placed) != list(range(len(examples))):
+        raise ValueError("the parts do not cover every row exactly once")
+    rows = [placed[i] for i in range(len(examples))]
+    seconds: dict[str, float] = {}
+    for result in results:
+        for name, value in result.seconds.items():
+            seconds[name] = seconds.get(name, 0.0) + value
     return BatchResult(rows=rows, scores=_scores(examples, rows, options), seconds=seconds)
 
 

@@ -145,8 +145,8 @@ class StackedLora:
     def set_rows(self, adapters: Sequence[str | None], repeat: int = 1) -> None:
         """Choose each row's adapter (None = the base) for the next forward passes; beams repeat rows."""
         total = self._total_rank()
-        if total == 0:
-            self.rows.mask = None
+        if total == 0 or all(name is None for name in adapters):
+            self.rows.mask = None  # a base-only batch skips the LoRA matmuls altogether
             return
         device = next(iter(self._layers.values())).lora_a.device
         mask = torch.zeros(len(adapters), total, dtype=self._stack_dtype(), device=device)

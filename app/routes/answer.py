@@ -18,7 +18,7 @@ from app.schemas import AnswerRequest, AnswerResponse
 
 router = APIRouter(tags=["answer"])
 
-_ERRORS = documented(
+ANSWER_ERRORS = documented(
     400,
     413,
     422,
@@ -31,7 +31,7 @@ _ERRORS = documented(
 )
 
 
-@router.post("/answer", response_model=AnswerResponse, responses=_ERRORS)
+@router.post("/answer", response_model=AnswerResponse, responses=ANSWER_ERRORS)
 async def answer(
     body: AnswerRequest, request: Request, service: ServiceDep, admission: AdmissionDep
 ) -> AnswerResponse:

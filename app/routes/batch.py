@@ -1,29 +1,28 @@
-"""`POST /batch` (a test file or JSON rows -> one answer per row, scored on gold) and its job routes.
+"""`POST /batch` (a test file or JSON rows -> one answer per row, scored on gold).
 
-Small batches answer inline (200); larger ones become a job (202 + Location) that `GET /batch/{id}` follows,
-`GET /batch/{id}/result` downloads (JSON, or the `id,answer` submission CSV) once done, and `DELETE` cancels.
-HTTP only: reading a capped body and choosing JSON or multipart; validation is `app.batch_input`'s, running
-`app.batch_result`'s, the job queue `app.jobs`'.
+Small batches answer inline (200); larger ones become a job (202 + Location) that the routes of
+`app.routes.batch_jobs` follow, download and cancel. HTTP only: reading a capped body and choosing JSON or
+multipart (`receive_batch`, which the Ray Serve ingress in `deploy` uses too); validation is
+`app.batch_input`'s, running `app.batch_result`'s, the job queue `app.jobs`'.
 """
 
 from __future__ import annotations
 
 import functools
-import io
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import batch_input, batch_result
-from app.batch_input import BatchInputError
+from app.batch_input import BatchInputError, ReceivedBatch
 from app.deps import AdmissionDep, JobsDep, ServiceDep
 from app.errors import documented
 from app.schemas import BatchJobResponse, BatchRequest, BatchResponse, JobStatusResponse
-from ensemble.datasets import write_predictions_csv
+from app.settings import ServiceSettings
 
 router = APIRouter(tags=["batch"])
 _FORM_SCHEMA: dict[str, Any] = {
@@ -62,11 +61,10 @@ _ERRORS = documented(
 )
 
 
-@router.post(
-    "/batch",
-    response_model=BatchResponse,
-    responses={202: {"model": BatchJobResponse, "description": "Queued as a job."}, **_ERRORS},
-    openapi_extra={
+BATCH_ROUTE: dict[str, Any] = {
+    "response_model": BatchResponse,
+    "responses": {202: {"model": BatchJobResponse, "description": "Queued as a job."}, **_ERRORS},
+    "openapi_extra": {
         "requestBody": {
             "required": True,
             "content": {
@@ -75,90 +73,60 @@ _ERRORS = documented(
             },
         }
     },
-)
+}
+"""The OpenAPI description of `POST /batch`, shared with the Ray Serve ingress."""
+
+
+@router.post("/batch", **BATCH_ROUTE)
 async def submit_batch(
     request: Request, service: ServiceDep, jobs: JobsDep, admission: AdmissionDep
 ) -> JSONResponse:
-    settings = service.settings
-    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    body = await _read_body(
-        request, settings.batch_max_bytes, "file" if "multipart" in media_type else "body"
-    )
-    if media_type == "application/json":
-        batch = await run_in_threadpool(batch_input.from_json, body, service)
-    elif media_type == "multipart/form-data":
-        form = await _form(request, body)
-        try:
-            options, upload = batch_input.form_options(form)
-            data = await upload.read()
-        finally:
-            await form.close()
-        batch = await run_in_threadpool(batch_input.from_upload, data, upload.filename, options, service)
-    else:
-        raise HTTPException(
-            415, f"content-type: send application/json or multipart/form-data, not {media_type!r}"
-        )
-
-    if len(batch.examples) <= settings.batch_sync_max_rows:
+    received = await receive_batch(request, service.settings)
+    batch = await run_in_threadpool(received.prepare, service)
+    if len(batch.examples) <= service.settings.batch_sync_max_rows:
         # Inline batches take generation slots like /answer does (429 when full, 504 past the deadline).
         work = functools.partial(batch_result.run, service, batch)
         result = await admission.run(work, is_disconnected=request.is_disconnected)
         return JSONResponse(result.model_dump(mode="json"))
     job = jobs.submit(len(batch.examples), functools.partial(batch_result.run, service, batch))
+    return accepted(request, job)
+
+
+def accepted(request: Request, job: JobStatusResponse) -> JSONResponse:
+    """The 202 for a batch that became a job, with where to follow it."""
     status_url = f"{request.scope.get('root_path', '')}/batch/{job.job_id}"
-    accepted = BatchJobResponse(
+    body = BatchJobResponse(
         job_id=job.job_id,
         status=job.status,
         total=job.total,
         status_url=status_url,
         result_url=f"{status_url}/result",
     )
-    return JSONResponse(accepted.model_dump(), status_code=202, headers={"Location": status_url})
-
-
-@router.get(
-    "/batch/{job_id}",
-    response_model=JobStatusResponse,
-    responses=documented(404, s404="Unknown job."),
-)
-def job_status(job_id: str, jobs: JobsDep) -> JobStatusResponse:
-    return jobs.status(job_id)
-
-
-@router.get(
-    "/batch/{job_id}/result",
-    response_model=BatchResponse,
-    responses={
-        200: {"content": {"text/csv": {}}, "description": "JSON, or with format=csv the id,answer file."},
-        **documented(404, 409, 422, s404="Unknown job.", s409="The job is not done (yet)."),
-    },
-)
-def download_result(
-    job_id: str, jobs: JobsDep, format: Literal["json", "csv"] = Query("json", description="json or csv.")
-) -> Response:
-    result = jobs.result(job_id)
-    if format == "json":
-        return JSONResponse(result.model_dump(mode="json"))
-    buffer = io.StringIO(newline="")
-    write_predictions_csv(((row.id, row.answer) for row in result.rows), buffer)
-    return Response(
-        buffer.getvalue(),
-        media_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="batch-{job_id}.csv"'},
-    )
-
-
-@router.delete(
-    "/batch/{job_id}",
-    response_model=JobStatusResponse,
-    responses=documented(404, 409, s404="Unknown job.", s409="Already finished."),
-)
-def cancel_batch(job_id: str, jobs: JobsDep) -> JobStatusResponse:
-    """A queued job is cancelled at once; a running one stops after its current chunk (poll its status)."""
-    return jobs.cancel(job_id)
+    return JSONResponse(body.model_dump(), status_code=202, headers={"Location": status_url})
 
 
 # -- reading the request ---------------------------------------------------------------------------------
+async def receive_batch(request: Request, settings: ServiceSettings) -> ReceivedBatch:
+    """The body as JSON rows or one upload with its form options; 413 past `batch_max_bytes`, 415 for
+    another media type, 400/422 for a malformed form. Nothing about the rows is checked yet."""
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    field = "file" if "multipart" in media_type else "body"
+    body = await _read_body(request, settings.batch_max_bytes, field)
+    if media_type == "application/json":
+        return ReceivedBatch(json_body=body)
+    if media_type != "multipart/form-data":
+        raise HTTPException(
+            415, f"content-type: send application/json or multipart/form-data, not {media_type!r}"
+        )
+    form = await _form(request, body)
+    try:
+        options, upload = batch_input.form_options(form)
+        data = await upload.read()
+    finally:
+        await form.close()
+    return ReceivedBatch(upload=data, filename=upload.filename, form=options)
+
+
 async def _read_body(request: Request, limit: int, field: str) -> bytes:
     """The whole body, refused with 413 as soon as it passes `limit` bytes (whatever Content-Length says)."""
     declared = request.headers.get("content-length", "")

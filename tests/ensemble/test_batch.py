@@ -1,12 +1,21 @@
-"""`run_batch` against a fake generator: row order and ids, failure isolation, scores, cancel and progress."""
+"""`run_batch` against a fake generator: row order and ids, failure isolation, scores, cancel and progress; a
+batch run as parts (`split_parts` / `merge_parts`, as the Ray Serve replicas run it) equals one run."""
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pytest
 
-from ensemble.batch import BatchCancelledError, BatchOptions, run_batch
+from ensemble.batch import (
+    BatchCancelledError,
+    BatchOptions,
+    BatchResult,
+    length_order,
+    merge_parts,
+    run_batch,
+    split_parts,
+)
 from ensemble.datasets import QAExample
 from ensemble.metric import score_predictions
 from ensemble.pipeline import CandidateGenerator, EnsemblePipeline
@@ -198,3 +207,50 @@ def test_on_progress_counts_up_to_the_total() -> None:
 def test_no_examples() -> None:
     result, generator = run([])
     assert (result.rows, result.scores, generator.calls) == ([], None, [])
+
+
+
+def test_parts_are_whole_chunks_in_length_order() -> None:
+    order = length_order(EXAMPLES)
+    assert split_parts(EXAMPLES, chunk_size=2, chunks_per_part=1) == [order[0:2], order[2:4], order[4:5]]
+    assert split_parts(EXAMPLES, chunk_size=2, chunks_per_part=2) == [order[0:4], order[4:5]]
+    assert split_parts([], chunk_size=2, chunks_per_part=2) == []
+    with pytest.raises(ValueError, match="chunks_per_part"):
+        split_parts(EXAMPLES, chunk_size=2, chunks_per_part=0)
+
+
+@pytest.mark.parametrize("chunks_per_part", [1, 2, 3])
+def test_parts_merged_equal_one_run_with_the_same_generation_batches(chunks_per_part: int) -> None:
+    options = BatchOptions(chunk_size=2, strategies=True)
+    whole_generator = FakeGenerator()
+    whole = run_batch(EnsemblePipeline(whole_generator), EXAMPLES, options)
+
+    parts = split_parts(EXAMPLES, options.chunk_size, chunks_per_part)
+    parts_generator = FakeGenerator()
+    results = [
+        run_batch(EnsemblePipeline(parts_generator), [EXAMPLES[i] for i in part], options) for part in parts
+    ]
+    merged = merge_parts(EXAMPLES, parts, results, options)
+
+    assert merged.rows == whole.rows  # ids, answers, votes, strategies, errors: all of it, in input order
+    assert merged.scores == whole.scores
+    assert parts_generator.calls == whole_generator.calls  # the very same generate calls, in the same order
+    assert merged.seconds.keys() == whole.seconds.keys()
+
+
+def test_merge_refuses_parts_that_do_not_fit() -> None:
+    options = BatchOptions(chunk_size=2)
+    parts = split_parts(EXAMPLES, 2, 2)
+    results = [run_batch(EnsemblePipeline(FakeGenerator()), [EXAMPLES[i] for i in p], options) for p in parts]
+    with pytest.raises(ValueError, match="2 parts but 1 results"):
+        merge_parts(EXAMPLES, parts, results[:1], options)
+    short = replace(results[0], rows=results[0].rows[:1])
+    with pytest.raises(ValueError, match="came back with 1"):
+        merge_parts(EXAMPLES, parts, [short, results[1]], options)
+    with pytest.raises(ValueError, match="every row exactly once"):
+        merge_parts(EXAMPLES, [parts[0], parts[0]], [results[0], results[0]], options)
+
+
+def test_merge_of_no_rows() -> None:
+    empty: list[QAExample] = []
+    assert merge_parts(empty, [], [], BatchOptions()) == BatchResult(rows=[], scores=None, seconds={})

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# One GPU session as a sequence of `device` calls (see docs/benchmarks.md, "How the GPU numbers were made").
+# The base model reaches the machine in parts (the working tree travels at most 64 MiB a call), so the runs that
+# need no real weights (serving speed and HTTP latency on random weights in Qwen2.5-0.5B's shape) go first, in the
+# background, while the parts arrive; the runs that need the real base follow.
+#
+#   bash bench/gpu_session.sh start            carry .gpu-site .gpu-meta .gpu-data: unpack, start the background
+#   bash bench/gpu_session.sh part N           carry .gpu-partN: one part of the base GGUF into /tmp/parts
+#   bash bench/gpu_session.sh status           what the background runs printed last
+#   bash bench/gpu_session.sh collect          copy the background results to $OUT
+#   bash bench/gpu_session.sh backends|train|eval|http-real   the runs on the real base (source gpu_env.sh first)
+set -uo pipefail
+step=${1:?step}
+RES=/tmp/results
+mkdir -p "$RES"
+case "$step" in
+  start)
+    mkdir -p /tmp/site && tar -C /tmp/site -xJf .gpu-site/site.tar.xz && touch /tmp/site/.unpacked
+    rm -rf /tmp/src && mkdir -p /tmp/src && cp -r app engine models ensemble evaluation training bench recipes \
+      pyproject.toml /tmp/src/ && cp -r .gpu-meta .gpu-data /tmp/src/
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    (cd /tmp/src && setsid nohup bash bench/gpu_session.sh background >"$RES/background.log" 2>&1 &)
+    sleep 5; tail -5 "$RES/background.log"
+    ;;
+  background)
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    data=.gpu-data/KorQuAD_v1.0_dev.json
+    python3 -m bench.serving_speed --random-init .gpu-meta --data "$data" --variants 4bit,bf16 \
+      --generator-kwargs '{"lora_backend": "stacked"}' --generator-kwargs '{"lora_backend": "peft"}' \
+      --out "$RES/serving_speed" && echo "serving_speed done"
+    python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --new-tokens 12 \
+      --out "$RES/http_latency" && echo "http_latency done"
+    echo "background finished"
+    ;;
+  part)
+    mkdir -p /tmp/parts && cp ".gpu-part$2/part" "/tmp/parts/$(printf %03d "$2")" && ls /tmp/parts | wc -l
+    tail -3 "$RES/background.log"
+    ;;
+  status)
+    tail -20 "$RES/background.log"; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    ;;
+  collect)
+    cp "$RES/background.log" "$OUT/" 2>/dev/null
+    for d in "$RES"/*/; do [ -d "$d" ] && tar -C "$RES" -czf "$OUT/$(basename "$d").tgz" "$(basename "$d")"; done
+    ls -la "$OUT"
+    ;;
+  backends)  # Unsloth vs peft + bitsandbytes, same member, same steps, one subprocess each
+    python3 -m bench.train_backends --steps 30 --timeout 200 --set train.data=.gpu-data/KorQuAD_v1.0_dev.json \
+      --set train.cache_dir=/tmp/cache --out "$OUT"
+    ;;
+  train)  # the members named in $2 (comma-separated), in parallel processes, into /tmp/adapters
+    for m in ${2//,/ }; do
+      setsid nohup python3 -m training.cli --config recipes/korquad-qwen0.5b.toml --only "$m" \
+        --set train.backend=peft --set train.data=.gpu-data/KorQuAD_v1.0_dev.json --set train.cache_dir=/tmp/cache \
+        --set train.output_dir=/tmp/adapters --set train.progress=false ${TRAIN_SET:-} >"$RES/train-$m.log" 2>&1 &
+    done
+    sleep 2; echo "training ${2}"
+    ;;
+  wait)  # print progress until no qa-train / qa-eval process is left or $2 seconds passed
+    end=$((SECONDS + ${2:-540}))
+    while pgrep -f "training.cli|evaluation.cli" >/dev/null && [ $SECONDS -lt $end ]; do sleep 15; done
+    for f in "$RES"/*.log; do echo "== $f"; tail -4 "$f"; done
+    ;;
+  eval)  # every adapter in $2 (a folder) alone and voted, all 1,510 eval questions, in the background
+    setsid nohup python3 -m evaluation.cli run --data .gpu-data/KorQuAD_v1.0_dev.json --split eval \
+      --cache-dir /tmp/cache --adapters-dir "$2" --chunk-size 32 --no-progress --out "$RES/eval" \
+      >"$RES/eval.log" 2>&1 &
+    sleep 2; echo "eval started"
+    ;;
+  *) echo "unknown step $step" >&2; exit 2 ;;
+esac

@@ -1,0 +1,150 @@
+"""The serving benchmarks (bench/serving_speed.py, bench/http_latency.py) run end to end in --smoke mode: the
+tiny random model on the CPU, random adapters, a few questions. Their numbers mean nothing here; what is
+checked is that every measurement ran and the JSON a GPU run will be read from has its keys and sane values.
+
+`bench/` is not an installed package, so the scripts are imported from the repository root. To stay fast
+they use the session's tiny model folder (tests/conftest.py) and one prompt variant (the principled prompt is
+long in the tiny tokenizer), on a two-paragraph SQuAD-layout file written here (our own text).
+"""
+
+import importlib
+import json
+import math
+import signal
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+QUESTIONS = {
+    "version": "bench-smoke",
+    "data": [
+        {
+            "title": "bench smoke",
+            "paragraphs": [
+                {
+                    "context": "The town library opened in 1998 and holds 12,000 books.",
+                    "qas": [
+                        {
+                            "id": "s1",
+                            "question": "When did the library open?",
+                            "answers": [{"text": "1998", "answer_start": 27}],
+                        }
+                    ],
+                },
+                {
+                    "context": "Mina runs five kilometres every morning before work.",
+                    "qas": [
+                        {
+                            "id": "s2",
+                            "question": "How far does Mina run?",
+                            "answers": [{"text": "five kilometres", "answer_start": 10}],
+                        }
+                    ],
+                },
+            ],
+        }
+    ],
+}
+
+
+@pytest.fixture
+def bench(monkeypatch: pytest.MonkeyPatch):
+    """Import `bench.<name>` from the repository root."""
+    monkeypatch.syspath_prepend(str(ROOT))
+
+    def load(name: str) -> ModuleType:
+        return importlib.import_module(f"bench.{name}")
+
+    return load
+
+
+@pytest.fixture
+def questions_file(tmp_path: Path) -> Path:
+    path = tmp_path / "questions.json"
+    path.write_text(json.dumps(QUESTIONS), encoding="utf-8")
+    return path
+
+
+def positive(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def smoke_args(model: Path, questions: Path, out: Path) -> list[str]:
+    return [
+        "--smoke",
+        "--model",
+        str(model),
+        "--prompts",
+        "zero-shot",
+        "--data",
+        str(questions),
+        "--split",
+        "all",
+        "--out",
+        str(out),
+    ]
+
+
+def test_serving_speed_smoke_writes_every_measurement(
+    bench, tiny_model_dir: Path, questions_file: Path, tmp_path: Path, capsys
+):
+    out = tmp_path / "speed"
+    code = bench("serving_speed").main(smoke_args(tiny_model_dir, questions_file, out))
+    assert code == 0, capsys.readouterr()
+    report = json.loads((out / "serving_speed.json").read_text(encoding="utf-8"))
+    assert (out / "serving_speed.md").read_text(encoding="utf-8") in capsys.readouterr().out
+
+    assert {"date", "card", "torch", "transformers", "peft", "bitsandbytes"} <= report["environment"].keys()
+    assert report["candidates_per_question"] == 3 * 1 * 3  # adapters x prompts x beams
+    assert report["synthetic_adapters"] == report["adapters"] and len(report["adapters"]) == 3
+    [row] = report["rows"]
+    assert row["variant"] == "fp32" and "error" not in row
+
+    pipeline, naive = row["pipeline"], row["naive"]
+    assert pipeline["candidates"] == pipeline["questions"] * 9 and pipeline["generate_calls"] == 1
+    assert naive["candidates"] == naive["questions"] * 9 and naive["generate_calls"] == naive["questions"] * 3
+    assert all(positive(x) for x in (pipeline["questions_per_s"], naive["questions_per_s"], row["speedup"]))
+
+    assert [m["adapters"] for m in row["memory"]] == [1, 3]
+    for m in row["memory"]:
+        assert positive(m["measured_bytes"]) and positive(m["ratio"]) and positive(m["adapter_file_bytes"])
+        assert m["base_plus_files_bytes"] == row["base_bytes"] + m["adapter_file_bytes"]
+    one, three = row["memory"]
+    assert three["adapter_measured_bytes"] > one["adapter_measured_bytes"] > 0
+
+    decode = {d["row"]: d for d in row["decode"]}
+    assert decode.keys() == {"base alone", "base row, 1 adapter resident", "adapter row"}
+    for d in decode.values():
+        assert positive(d["one_token_call_ms"]) and d["ms_per_token"] >= 0 and positive(d["bytes_per_step"])
+        assert d["floor_ms"] is None  # no bandwidth is known for a CPU
+    assert decode["adapter row"]["bytes_per_step"] > decode["base alone"]["bytes_per_step"]
+
+
+def test_http_latency_smoke_answers_every_request(
+    bench, tiny_model_dir: Path, questions_file: Path, tmp_path: Path, capsys
+):
+    out = tmp_path / "http"
+    code = bench("http_latency").main(smoke_args(tiny_model_dir, questions_file, out))
+    assert code == 0, capsys.readouterr()
+    report = json.loads((out / "http_latency.json").read_text(encoding="utf-8"))
+
+    assert report["server"]["device"] == "cpu"
+    assert report["server"]["adapters"] == ["bench-lora-01", "bench-lora-02"]
+    assert report["server"]["exit_code"] in (0, -signal.SIGTERM)
+    assert positive(report["server"]["ready_seconds"])
+    cells = {(c["kind"], c["concurrency"]): c for c in report["cells"]}
+    assert cells.keys() == {("ensemble", 1), ("ensemble", 2), ("greedy", 1), ("greedy", 2)}
+    for cell in cells.values():
+        assert cell["ok"] == cell["requests"] == 2 and cell["statuses"] == {"200": 2}
+        assert positive(cell["requests_per_s"])
+        latency = cell["latency_ms"]
+        assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"]
+        assert positive(cell["server_elapsed_ms"]["p50"])
+        assert cell["server_elapsed_ms"]["p50"] <= latency["p99"]
+        metrics = cell["server_metrics"]  # from the server's /metrics
+        assert metrics["passes"] >= 1 and metrics["generate_calls"] >= 1
+        assert 1 <= metrics["questions_per_pass"] <= 2 and metrics["tokens_per_sequence"] > 0
+        cpu = cell["server_cpu"]  # from /proc: the server's threads
+        assert cpu["cpu_seconds"] > 0 and len(cpu["busiest_threads_per_wall_second"]) >= 1
