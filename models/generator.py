@@ -89,6 +89,10 @@ class Generator:
         self.compile_backend = compile_backend
         if compile_backend is not None and lora_backend == "peft":
             raise ValueError("compile needs the stacked LoRA backend (peft's mixed batch loops in Python)")
+        quantizer = getattr(model, "hf_quantizer", None)
+        if compile_backend is not None and quantizer is not None and not quantizer.is_compileable:
+            # transformers then decodes eagerly over the static cache: measured no faster (docs/benchmarks.md)
+            logger.warning("compile: %s is not compileable; decoding stays eager", type(quantizer).__name__)
         self._stacked: StackedLora | None = StackedLora(model) if lora_backend == "stacked" else None
         self._attached: set[str] = set()
         self._lock = threading.RLock()

@@ -148,3 +148,12 @@ def test_http_latency_smoke_answers_every_request(
         assert 1 <= metrics["questions_per_pass"] <= 2 and metrics["tokens_per_sequence"] > 0
         cpu = cell["server_cpu"]  # from /proc: the server's threads
         assert cpu["cpu_seconds"] > 0 and len(cpu["busiest_threads_per_wall_second"]) >= 1
+
+
+def test_compile_probe_smoke(tmp_path) -> None:
+    from bench import compile_probe
+
+    assert compile_probe.main(["--smoke", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "compile_probe.json").read_text())
+    (row,) = report["rows"]
+    assert row["eager_ms_per_token"] > 0 and row["compiled_ms_per_token"] > 0
