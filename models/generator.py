@@ -331,6 +331,8 @@ class Generator:
             self._stacked.set_rows(
                 [None if n == BASE_ADAPTER else n for n in names], repeat=call["num_beams"] if beams else 1
             )
+        if "compile_config" in call:
+            call["past_key_values"] = self._static_cache(call)
         try:
             out = self._model.generate(**call)
             return self._decode(out, kwargs["input_ids"].shape[1], beams=beams)
@@ -379,7 +381,25 @@ class Generator:
             mode=None if self.compile_backend != "inductor" else "reduce-overhead",
         )
         config._compile_all_devices = True  # the CPU tests run the same path with a trace-only backend
-        return {"cache_implementation": "static", "compile_config": config}
+        return {"compile_config": config}
+
+    def _static_cache(self, call: dict[str, Any]) -> Any:
+        """A static KV cache for one generate call whose beam reordering stays in place.
+
+        transformers' static layers reorder beams by `index_select` into new tensors, so the compiled step's
+        cache inputs change address every step and CUDA graphs copy them; copying the reordered rows back
+        into the same storage keeps the addresses static.
+        """
+        import types
+
+        from transformers import StaticCache
+
+        cache = StaticCache(
+            config=self._model.config, max_cache_len=call["input_ids"].shape[1] + call["max_new_tokens"]
+        )
+        for layer in cache.layers:
+            layer.reorder_cache = types.MethodType(_reorder_in_place, layer)
+        return cache
 
     def _encode(self, rows: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize each row and left-pad them into one batch. Chat-rendered rows already hold their special
@@ -449,6 +469,13 @@ class Generator:
             device = self._model.device
             self._tables = tuple(torch.tensor(t, device=device) for t in (has_newline, text_first, non_blank))
         return self._tables
+
+
+def _reorder_in_place(layer: Any, beam_idx: torch.Tensor) -> None:
+    if layer.is_initialized:
+        index = beam_idx.to(layer.keys.device)
+        layer.keys.copy_(layer.keys.index_select(0, index))
+        layer.values.copy_(layer.values.index_select(0, index))
 
 
 def _check_decoding(

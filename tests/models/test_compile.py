@@ -39,8 +39,19 @@ def _generator(model_dir, adapters_dir, **kw) -> Generator:
     return gen
 
 
-def test_compiled_decoding_equals_eager(tiny_model_dir, tiny_adapters_dir) -> None:
+def test_compiled_decoding_equals_eager(tiny_model_dir, tiny_adapters_dir, monkeypatch) -> None:
     from torch._dynamo.utils import counters
+
+    import models.generator
+
+    reorders = []
+    real_reorder = models.generator._reorder_in_place
+
+    def counted(layer, index) -> None:
+        reorders.append(1)
+        real_reorder(layer, index)
+
+    monkeypatch.setattr(models.generator, "_reorder_in_place", counted)
 
     eager = _generator(tiny_model_dir, tiny_adapters_dir)
     compiled = _generator(tiny_model_dir, tiny_adapters_dir, compile_backend="eager")
@@ -52,6 +63,7 @@ def test_compiled_decoding_equals_eager(tiny_model_dir, tiny_adapters_dir) -> No
         for g, w in zip(got, want, strict=True):
             assert [s for _, s in g] == pytest.approx([s for _, s in w], abs=1e-4)
     assert counters["stats"]["unique_graphs"] >= 1  # the forward really went through TorchDynamo
+    assert reorders, "beam search reordered the static cache in place"
     assert input_width(compiled) % 64 == 0
 
 
