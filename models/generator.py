@@ -16,13 +16,21 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import StoppingCriteriaList
 
 from models.cache import AdapterResidency
+from models.decoding import (
+    PAD_MULTIPLE,
+    FirstLineDone,
+    GenerationStats,
+    LineEnds,
+    check_decoding,
+    compile_config,
+    static_cache,
+)
 from models.errors import AdapterError, GenerationOutOfMemoryError, PromptTooLongError, UnknownAdapterError
 from models.multi_lora import StackedLora, read_lora
 from models.registry import ADAPTER_WEIGHTS, AdapterSpec
@@ -30,34 +38,9 @@ from models.weights import check_lora_weights
 
 logger = logging.getLogger(__name__)
 
-PAD_MULTIPLE = 64
-"""With compilation on, prompts are left-padded to a multiple of this many tokens (shapes repeat)."""
 BASE_ADAPTER = "__base__"
 """peft's name for "no adapter" in a mixed batch (see peft's `LoraLayer._mixed_batch_forward`)."""
 Prompt = str | list[dict[str, str]]
-
-
-@dataclass(frozen=True)
-class GenerationStats:
-    """Totals since the generator was built (a snapshot): what the metrics export as rates."""
-
-    calls: int = 0
-    sequences: int = 0
-    """Output sequences decoded (rows x outputs per row)."""
-    new_tokens: int = 0
-    """Tokens generated up to each sequence's stop (EOS or the end of its first line)."""
-    seconds: float = 0.0
-    """Wall time inside `generate` calls."""
-
-
-class _FirstLineDone(StoppingCriteria):
-    """Per row: True once the generated text holds a line break after some non-blank text."""
-
-    def __init__(self, prompt_len: int, line_ends) -> None:
-        self.prompt_len, self.line_ends = prompt_len, line_ends
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        return self.line_ends(input_ids[:, self.prompt_len :]).any(dim=1)
 
 
 class Generator:
@@ -96,7 +79,7 @@ class Generator:
         self._stacked: StackedLora | None = StackedLora(model) if lora_backend == "stacked" else None
         self._attached: set[str] = set()
         self._lock = threading.RLock()
-        self._tables: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._tables: LineEnds | None = None
         self._stats = GenerationStats()
         self._last_new_tokens = 0  # set by `_decode` for the batch just decoded (under the lock)
         eos = model.generation_config.eos_token_id
@@ -105,7 +88,9 @@ class Generator:
             eos_ids.append(tokenizer.eos_token_id)
         self._eos_ids = torch.tensor(eos_ids, dtype=torch.long)
         if stop_at_newline:
-            self._token_tables()  # about 2 s for a 150k vocabulary: paid at startup, not by the first request
+            self._line_ends(
+                torch.zeros(1, 1, dtype=torch.long)
+            )  # ~2 s for a 150k vocabulary: paid at startup
 
     @property
     def model(self):
@@ -254,7 +239,7 @@ class Generator:
         Beam search scores are the beams' length-normalised log-probabilities; greedy and sampled candidates
         score the mean log-probability of their tokens under the (un-tempered) model.
         """
-        _check_decoding(
+        check_decoding(
             len(prompts), len(adapters), max_new_tokens, num_beams, num_return_sequences, do_sample
         )
         if not prompts:
@@ -292,10 +277,10 @@ class Generator:
             if num_beams > 1:
                 kwargs["length_penalty"] = 1.0
             if self.compile_backend is not None:
-                kwargs.update(self._compile_kwargs())
+                kwargs["compile_config"] = compile_config(self.compile_backend)
             if self._stop_at_newline:
                 kwargs["stopping_criteria"] = StoppingCriteriaList(
-                    [_FirstLineDone(input_ids.shape[1], self._line_ends)]
+                    [FirstLineDone(input_ids.shape[1], self._line_ends)]
                 )
             if hasattr(self._model, "peft_config") or self._residency.resident:  # every row names its adapter
                 kwargs["adapter_names"] = [a or BASE_ADAPTER for a in row_adapters]
@@ -332,7 +317,9 @@ class Generator:
                 [None if n == BASE_ADAPTER else n for n in names], repeat=call["num_beams"] if beams else 1
             )
         if "compile_config" in call:
-            call["past_key_values"] = self._static_cache(call)
+            call["past_key_values"] = static_cache(
+                self._model.config, call["input_ids"].shape[1] + call["max_new_tokens"]
+            )
         try:
             out = self._model.generate(**call)
             return self._decode(out, kwargs["input_ids"].shape[1], beams=beams)
@@ -369,37 +356,9 @@ class Generator:
             part["adapter_names"] = kwargs["adapter_names"][rows]
         if "stopping_criteria" in kwargs:
             part["stopping_criteria"] = StoppingCriteriaList(
-                [_FirstLineDone(part["input_ids"].shape[1], self._line_ends)]
+                [FirstLineDone(part["input_ids"].shape[1], self._line_ends)]
             )
         return part
-
-    def _compile_kwargs(self) -> dict[str, Any]:
-        from transformers import CompileConfig
-
-        config = CompileConfig(
-            backend=self.compile_backend,
-            mode=None if self.compile_backend != "inductor" else "reduce-overhead",
-        )
-        config._compile_all_devices = True  # the CPU tests run the same path with a trace-only backend
-        return {"compile_config": config}
-
-    def _static_cache(self, call: dict[str, Any]) -> Any:
-        """A static KV cache for one generate call whose beam reordering stays in place.
-
-        transformers' static layers reorder beams by `index_select` into new tensors, so the compiled step's
-        cache inputs change address every step and CUDA graphs copy them; copying the reordered rows back
-        into the same storage keeps the addresses static.
-        """
-        import types
-
-        from transformers import StaticCache
-
-        cache = StaticCache(
-            config=self._model.config, max_cache_len=call["input_ids"].shape[1] + call["max_new_tokens"]
-        )
-        for layer in cache.layers:
-            layer.reorder_cache = types.MethodType(_reorder_in_place, layer)
-        return cache
 
     def _encode(self, rows: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenize each row and left-pad them into one batch. Chat-rendered rows already hold their special
@@ -450,46 +409,7 @@ class Generator:
 
     def _line_ends(self, generated: torch.Tensor) -> torch.Tensor:
         """Per generated position: does this token close the answer's first non-empty line?"""
-        has_newline, text_before_newline, non_blank = (t.to(generated.device) for t in self._token_tables())
-        tokens_seen = non_blank[generated].int()
-        seen_before = (tokens_seen.cumsum(dim=1) - tokens_seen) > 0
-        return has_newline[generated] & (seen_before | text_before_newline[generated])
-
-    def _token_tables(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per vocabulary id: holds a newline; has non-blank text before its first newline; is non-blank."""
         if self._tables is None:
             size = max(len(self._tokenizer), self._model.get_output_embeddings().weight.shape[0])
-            pieces = self._tokenizer.batch_decode([[i] for i in range(len(self._tokenizer))])
-            pieces += [""] * (size - len(pieces))
-            has_newline = ["\n" in p for p in pieces]
-            text_first = [
-                nl and bool(p.split("\n", 1)[0].strip()) for p, nl in zip(pieces, has_newline, strict=True)
-            ]
-            non_blank = [bool(p.strip()) for p in pieces]
-            device = self._model.device
-            self._tables = tuple(torch.tensor(t, device=device) for t in (has_newline, text_first, non_blank))
-        return self._tables
-
-
-def _reorder_in_place(layer: Any, beam_idx: torch.Tensor) -> None:
-    if layer.is_initialized:
-        index = beam_idx.to(layer.keys.device)
-        layer.keys.copy_(layer.keys.index_select(0, index))
-        layer.values.copy_(layer.values.index_select(0, index))
-
-
-def _check_decoding(
-    n_prompts: int, n_adapters: int, max_new_tokens: int, num_beams: int, n: int, do_sample: bool
-) -> None:
-    if n_prompts != n_adapters:
-        raise ValueError(
-            f"got {n_prompts} prompts but {n_adapters} adapters; pass one adapter (or None) per prompt"
-        )
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    if num_beams < 1 or n < 1:
-        raise ValueError(f"num_beams and num_return_sequences must be at least 1, got {num_beams} and {n}")
-    if num_beams > 1 and n > num_beams:
-        raise ValueError(f"num_return_sequences ({n}) cannot exceed num_beams ({num_beams})")
-    if num_beams == 1 and not do_sample and n > 1:
-        raise ValueError("greedy decoding returns one sequence per prompt; use beams or sampling for more")
+            self._tables = LineEnds(self._tokenizer, size, self._model.device)
+        return self._tables(generated)

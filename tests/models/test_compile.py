@@ -42,16 +42,16 @@ def _generator(model_dir, adapters_dir, **kw) -> Generator:
 def test_compiled_decoding_equals_eager(tiny_model_dir, tiny_adapters_dir, monkeypatch) -> None:
     from torch._dynamo.utils import counters
 
-    import models.generator
+    import models.decoding
 
     reorders = []
-    real_reorder = models.generator._reorder_in_place
+    real_reorder = models.decoding.reorder_in_place
 
     def counted(layer, index) -> None:
         reorders.append(1)
         real_reorder(layer, index)
 
-    monkeypatch.setattr(models.generator, "_reorder_in_place", counted)
+    monkeypatch.setattr(models.decoding, "reorder_in_place", counted)
 
     eager = _generator(tiny_model_dir, tiny_adapters_dir)
     compiled = _generator(tiny_model_dir, tiny_adapters_dir, compile_backend="eager")
