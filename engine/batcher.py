@@ -143,7 +143,7 @@ class MicroBatcher:
                 self._cond.wait()
             if self._closed:
                 return None
-            oldest = min(self._queue, key=lambda item: item.arrived)
+            oldest = self._queue[0]  # appended in arrival order; taking items out keeps that order
             deadline = oldest.arrived + self.max_wait_s
             while len(self._queue) < self.max_batch_size and not self._closed:
                 left = deadline - time.monotonic()

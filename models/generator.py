@@ -81,7 +81,6 @@ class Generator:
         self._lock = threading.RLock()
         self._tables: LineEnds | None = None
         self._stats = GenerationStats()
-        self._last_new_tokens = 0  # set by `_decode` for the batch just decoded (under the lock)
         eos = model.generation_config.eos_token_id
         eos_ids = [eos] if isinstance(eos, int) else list(eos or [])
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
@@ -286,12 +285,12 @@ class Generator:
                 kwargs["adapter_names"] = [a or BASE_ADAPTER for a in row_adapters]
             started = time.perf_counter()
             with torch.inference_mode():
-                texts, scores = self._generate_split(kwargs, beams=num_beams > 1)
+                texts, scores, new_tokens = self._generate_split(kwargs, beams=num_beams > 1)
             old = self._stats
             self._stats = GenerationStats(
                 calls=old.calls + 1,
                 sequences=old.sequences + len(texts),
-                new_tokens=old.new_tokens + self._last_new_tokens,
+                new_tokens=old.new_tokens + new_tokens,
                 seconds=old.seconds + time.perf_counter() - started,
             )
         results = [
@@ -302,13 +301,13 @@ class Generator:
         ]
         return results
 
-    def _generate_split(self, kwargs: dict[str, Any], *, beams: bool) -> tuple[list[str], list[float]]:
-        """Generate and decode the batch in `kwargs`; on CUDA out-of-memory free the cache and run each half.
+    def _generate_split(self, kwargs: dict[str, Any], *, beams: bool) -> tuple[list[str], list[float], int]:
+        """Texts, scores and generated-token count of the batch in `kwargs`; on CUDA out-of-memory free the
+        cache and run each half.
 
         Rows are independent (each left-padded, each naming its adapter), so the halves give what the whole
         would (sampled draws aside). A single row that still does not fit raises `GenerationOutOfMemoryError`.
         """
-        self._last_new_tokens = 0
         call = dict(kwargs)
         if self._stacked is not None:
             # Stacked LoRA reads each row's adapter from a mask, not from generate's kwargs.
@@ -340,12 +339,11 @@ class Generator:
         scores: list[float] = []
         new_tokens = 0
         for part in (slice(0, rows // 2), slice(rows // 2, rows)):
-            part_texts, part_scores = self._generate_split(self._part(kwargs, part), beams=beams)
+            part_texts, part_scores, part_tokens = self._generate_split(self._part(kwargs, part), beams=beams)
             texts += part_texts
             scores += part_scores
-            new_tokens += self._last_new_tokens
-        self._last_new_tokens = new_tokens
-        return texts, scores
+            new_tokens += part_tokens
+        return texts, scores, new_tokens
 
     def _part(self, kwargs: dict[str, Any], rows: slice) -> dict[str, Any]:
         """The same generate call for some rows only, without the padding columns none of them needs."""
@@ -381,7 +379,8 @@ class Generator:
         device = self._model.device
         return input_ids.to(device), mask.to(device)
 
-    def _decode(self, out, prompt_len: int, *, beams: bool) -> tuple[list[str], list[float]]:
+    def _decode(self, out, prompt_len: int, *, beams: bool) -> tuple[list[str], list[float], int]:
+        """Each row's text and score up to its stop (EOS or the answer line's end), and the tokens made."""
         generated = out.sequences[:, prompt_len:]
         stops = torch.isin(generated, self._eos_ids.to(generated.device))
         if self._stop_at_newline:
@@ -391,7 +390,6 @@ class Generator:
         lengths = torch.where(
             has_stop, stops.int().argmax(dim=1) + 1, torch.full_like(has_stop, width, dtype=torch.long)
         )
-        self._last_new_tokens = int(lengths.sum())
         if beams:
             scores = out.sequences_scores.float().tolist()
         else:
@@ -405,7 +403,7 @@ class Generator:
             self._tokenizer.decode(row[:length].tolist(), skip_special_tokens=True)
             for row, length in zip(generated, lengths.tolist(), strict=True)
         ]
-        return texts, [float(s) for s in scores]
+        return texts, [float(s) for s in scores], int(lengths.sum())
 
     def _line_ends(self, generated: torch.Tensor) -> torch.Tensor:
         """Per generated position: does this token close the answer's first non-empty line?"""

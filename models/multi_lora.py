@@ -148,12 +148,14 @@ class StackedLora:
         if total == 0 or all(name is None for name in adapters):
             self.rows.mask = None  # a base-only batch skips the LoRA matmuls altogether
             return
-        device = next(iter(self._layers.values())).lora_a.device
-        mask = torch.zeros(len(adapters), total, dtype=self._stack_dtype(), device=device)
+        stacked = next(iter(self._layers.values())).lora_a  # every wrapped layer stacks the same ranks
+        # Filled on the CPU and copied once: a slice assignment per row on the accelerator is a kernel each.
+        mask = torch.zeros(len(adapters), total, dtype=stacked.dtype)
         for row, name in enumerate(adapters):
             if name is not None:
                 start, end = self._offsets[name]
                 mask[row, start:end] = 1
+        mask = mask.to(stacked.device)
         self.rows.mask = mask.repeat_interleave(repeat, dim=0) if repeat > 1 else mask
 
     def clear_rows(self) -> None:
