@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session as a sequence of `device` calls (see docs/benchmarks.md, "How the GPU numbers were made").
-# The base model reaches the machine in parts (the working tree travels at most 64 MiB a call), so the runs that
-# need no real weights (serving speed and HTTP latency on random weights in Qwen2.5-0.5B's shape) go first, in the
-# background, while the parts arrive; the runs that need the real base follow.
+# The base model reaches the machine in parts (the working tree travels at most 64 MiB a call), so a run that
+# needs no real weights (the Unsloth vs peft training throughput, on random weights in Qwen2.5-0.5B's shape) goes
+# first, in the background, while the parts arrive; the runs that need the real base follow.
 #
 #   bash bench/gpu_session.sh start            carry .gpu-site .gpu-meta .gpu-data: unpack, start the background
 #   bash bench/gpu_session.sh part N           carry .gpu-partN: one part of the base GGUF into /tmp/parts
@@ -12,6 +12,7 @@
 set -uo pipefail
 step=${1:?step}
 RES=/tmp/results
+DATA=/tmp/src/.gpu-data/KorQuAD_v1.0_dev.json  # copied at `start`: a later call's working tree lacks .gpu-data
 mkdir -p "$RES"
 case "$step" in
   start)
@@ -22,7 +23,16 @@ case "$step" in
     (cd /tmp/src && setsid nohup bash bench/gpu_session.sh background >"$RES/background.log" 2>&1 &)
     sleep 5; tail -5 "$RES/background.log"
     ;;
-  background)
+  background)  # while the parts arrive: the training backends on random weights in the real base's shape
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    data=.gpu-data/KorQuAD_v1.0_dev.json
+    python3 -c "from pathlib import Path; from bench.workload import random_init_base as r
+r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base written"
+    python3 -m bench.train_backends --steps 25 --timeout 240 --set train.base=/tmp/randbase \
+      --set train.data="$data" --set train.cache_dir=/tmp/cache --out "$RES/backends" && echo "backends done"
+    echo "background finished"
+    ;;
+  serving-random)  # serving speed and HTTP latency on random weights in the 0.5B shape
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
     data=.gpu-data/KorQuAD_v1.0_dev.json
     python3 -m bench.serving_speed --random-init .gpu-meta --data "$data" --variants 4bit,bf16 \
@@ -30,7 +40,6 @@ case "$step" in
       --out "$RES/serving_speed" && echo "serving_speed done"
     python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --new-tokens 12 \
       --out "$RES/http_latency" && echo "http_latency done"
-    echo "background finished"
     ;;
   part)
     mkdir -p /tmp/parts && cp ".gpu-part$2/part" "/tmp/parts/$(printf %03d "$2")" && ls /tmp/parts | wc -l
@@ -45,13 +54,14 @@ case "$step" in
     ls -la "$OUT"
     ;;
   backends)  # Unsloth vs peft + bitsandbytes, same member, same steps, one subprocess each
-    python3 -m bench.train_backends --steps 30 --timeout 200 --set train.data=.gpu-data/KorQuAD_v1.0_dev.json \
+    python3 -m bench.train_backends --steps 25 --timeout 240 --set train.data="$DATA" \
       --set train.cache_dir=/tmp/cache --out "$OUT"
     ;;
   train)  # the members named in $2 (comma-separated), in parallel processes, into /tmp/adapters
+    # (BACKEND=unsloth|peft|auto, default peft; TRAIN_SET="--set k=v ..." adds recipe overrides)
     for m in ${2//,/ }; do
       setsid nohup python3 -m training.cli --config recipes/korquad-qwen0.5b.toml --only "$m" \
-        --set train.backend=peft --set train.data=.gpu-data/KorQuAD_v1.0_dev.json --set train.cache_dir=/tmp/cache \
+        --set train.backend="${BACKEND:-peft}" --set train.data="$DATA" --set train.cache_dir=/tmp/cache \
         --set train.output_dir=/tmp/adapters --set train.progress=false ${TRAIN_SET:-} >"$RES/train-$m.log" 2>&1 &
     done
     sleep 2; echo "training ${2}"
@@ -62,8 +72,8 @@ case "$step" in
     for f in "$RES"/*.log; do echo "== $f"; tail -4 "$f"; done
     ;;
   eval)  # every adapter in $2 (a folder) alone and voted, all 1,510 eval questions, in the background
-    setsid nohup python3 -m evaluation.cli run --data .gpu-data/KorQuAD_v1.0_dev.json --split eval \
-      --cache-dir /tmp/cache --adapters-dir "$2" --chunk-size 32 --no-progress --out "$RES/eval" \
+    setsid nohup python3 -m evaluation.cli run --data "$DATA" --split eval \
+      --cache-dir /tmp/cache --adapters-dir "$2" --chunk-size 64 --no-progress --out "$RES/eval" \
       >"$RES/eval.log" 2>&1 &
     sleep 2; echo "eval started"
     ;;
