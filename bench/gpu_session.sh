@@ -5,6 +5,7 @@
 # first, in the background, while the parts arrive; the runs that need the real base follow.
 #
 #   bash bench/gpu_session.sh start            carry .gpu-site .gpu-meta .gpu-data: unpack, start the background
+#   bash bench/gpu_session.sh meta             carry .gpu-meta .gpu-data when they did not fit with .gpu-site
 #   bash bench/gpu_session.sh part N           carry .gpu-partN: one part of the base GGUF into /tmp/parts
 #   bash bench/gpu_session.sh status           what the background runs printed last
 #   bash bench/gpu_session.sh collect          copy the background results to $OUT
@@ -15,13 +16,19 @@ RES=/tmp/results
 DATA=/tmp/src/.gpu-data/KorQuAD_v1.0_dev.json  # copied at `start`: a later call's working tree lacks .gpu-data
 mkdir -p "$RES"
 case "$step" in
-  start)
+  start)  # carry .gpu-site (and .gpu-meta .gpu-data when they fit the 64 MiB a call; else `meta` next)
     mkdir -p /tmp/site && tar -C /tmp/site -xJf .gpu-site/site.tar.xz && touch /tmp/site/.unpacked
     rm -rf /tmp/src && mkdir -p /tmp/src && cp -r app engine models ensemble evaluation training bench recipes \
-      pyproject.toml /tmp/src/ && cp -r .gpu-meta .gpu-data /tmp/src/
+      pyproject.toml /tmp/src/
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    (cd /tmp/src && setsid nohup bash bench/gpu_session.sh background >"$RES/background.log" 2>&1 &)
-    sleep 5; tail -5 "$RES/background.log"
+    if [ -d .gpu-meta ]; then
+      cp -r .gpu-meta .gpu-data /tmp/src/
+      (cd /tmp/src && setsid nohup bash bench/gpu_session.sh background >"$RES/background.log" 2>&1 &)
+      sleep 5; tail -5 "$RES/background.log"
+    fi
+    ;;
+  meta)  # carry .gpu-meta .gpu-data: the random-init shape and the KorQuAD file, into /tmp/src
+    cp -r .gpu-meta .gpu-data /tmp/src/ && ls /tmp/src
     ;;
   background)  # while the parts arrive: the training backends on random weights in the real base's shape
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
