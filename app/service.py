@@ -115,6 +115,7 @@ class QAService:
             default_decoding=self._defaults(),
             lora_backend=s.lora_backend,
             compile=s.compile,
+            decoder=s.decoder,
             max_resident_adapters=s.max_resident_adapters,
             pinned_adapters=tuple(s.pinned_adapters),
         )

@@ -60,6 +60,12 @@ class ServiceSettings(BaseSettings):
         description="Decode over a static KV cache with torch.compile (inductor, CUDA graphs) on CUDA; "
         "prompts are padded to multiples of 64 tokens. Needs lora_backend=stacked. First calls compile.",
     )
+    decoder: Literal["hf", "loop"] = Field(
+        "hf",
+        description="How greedy and beam requests decode: hf (transformers' generate) or loop (our own loop: "
+        "one prefill per prompt shared by its beams, a static KV cache, a CUDA graph per shape on CUDA). "
+        "Sampled requests always use generate. loop needs lora_backend=stacked.",
+    )
     max_resident_adapters: int | None = Field(
         None,
         ge=1,

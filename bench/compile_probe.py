@@ -1,15 +1,18 @@
-"""Decode step with and without compiled decoding (`Generator(compile_backend=...)`, `QA_COMPILE`).
+"""Decode step per decoding mode: `generate` eager or compiled (`QA_COMPILE`), our loop (`QA_DECODER=loop`).
 
     python -m bench.compile_probe --random-init .gpu-meta --data .gpu-data/KorQuAD_v1.0_dev.json \
-        [--variants bf16,4bit]
+        [--variants bf16,4bit] [--modes eager,compiled,loop,loop-graphs] [--batches 1x1,6x3]
     python -m bench.compile_probe --smoke   # tiny model on the CPU, TorchDynamo's trace-only "eager" backend
 
-Per variant (4-bit NF4 or bf16 base), one greedy row of a KorQuAD eval prompt through the service's generator
-with one resident adapter: ms per generated token ((N-token run - 1-token run) / (N - 1), median of repeats)
-eagerly and compiled (static KV cache + torch.compile; on CUDA inductor with CUDA graphs), the first compiled
-call's time (compilation), and the ratio. Each side loads its own copy of the base (the stacked LoRA wraps the
-model's layers in place). It measures one row only: batching, beams and HTTP are `bench/serving_speed.py` and
-`bench/http_latency.py`.
+Per variant (4-bit NF4 or bf16 base) and batch (ROWSxBEAMS: 1x1 is one greedy row, 6x3 the ensemble's shape, 2
+prompts x 3 adapters with 3 beams each, here all of one adapter), a KorQuAD eval prompt through the service's
+generator with one resident adapter: ms per decode step ((N-token run - 1-token run) / (N - 1), median of
+repeats) in each mode - eager: `generate`; compiled: `generate` over a static KV cache with torch.compile (on
+CUDA inductor with CUDA graphs); loop: `Generator(decoder="loop")` stepping eagerly; loop-graphs: the same
+loop replaying a CUDA graph per step (CUDA only, skipped elsewhere) - with the first call's time (compilation
+or graph capture) and the speed-up over eager. Each mode loads its own copy of the base (the stacked LoRA
+wraps the model's layers in place). Every run makes exactly N tokens (EOS masked, no stop at line ends). Whole
+requests (prompts, voting, HTTP) are `bench/serving_speed.py` and `bench/http_latency.py`.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.measure import greedy_row, sync
+from bench.measure import sync
 from bench.workload import (
     default_cache_dir,
     default_out,
@@ -39,23 +42,59 @@ from ensemble.prompts import render_prompt
 logger = logging.getLogger("bench.compile_probe")
 
 
-def _generator(base: Any, spec: Any, variant: str, device: str, compile_backend: str | None) -> Any:
+MODES = ("eager", "compiled", "loop", "loop-graphs")
+
+
+def _generator_kwargs(mode: str, compile_backend: str) -> dict[str, Any]:
+    return {
+        "eager": {},
+        "compiled": {"compile_backend": compile_backend},
+        "loop": {"decoder": "loop", "cuda_graphs": False},
+        "loop-graphs": {"decoder": "loop", "cuda_graphs": True},
+    }[mode]
+
+
+def _generator(base: Any, spec: Any, variant: str, device: str, kwargs: dict[str, Any]) -> Any:
     from models.generator import Generator
     from models.loading import LoadConfig, load_base
 
     quantization = "4bit" if variant == "4bit" else "none"
     dtype = "bfloat16" if device.startswith("cuda") else "float32"
     model, tokenizer = load_base(base.path, LoadConfig(device=device, quantization=quantization, dtype=dtype))
-    gen = Generator(model, tokenizer, stop_at_newline=False, compile_backend=compile_backend)
+    gen = Generator(model, tokenizer, stop_at_newline=False, **kwargs)
     gen.load_adapter(spec)
     return gen
 
 
-def _ms_per_token(gen: Any, prompt: Any, adapter: str, tokens: int, repeats: int, device: str) -> float:
+def _decode(gen: Any, prompt: Any, batch: tuple[int, int], tokens: int) -> None:
+    """`rows` copies of the prompt (each with `beams` beams) making exactly `tokens` tokens each."""
+    rows, beams = batch
+    config = gen.model.generation_config
+    previous, config.min_new_tokens = config.min_new_tokens, tokens
+    try:
+        gen.generate(
+            [prompt] * rows,
+            ["probe"] * rows,
+            max_new_tokens=tokens,
+            num_beams=beams,
+            num_return_sequences=beams,
+            do_sample=False,
+            temperature=1.0,
+            top_k=50,
+            top_p=1.0,
+            seed=None,
+        )
+    finally:
+        config.min_new_tokens = previous
+
+
+def _ms_per_token(
+    gen: Any, prompt: Any, batch: tuple[int, int], tokens: int, repeats: int, device: str
+) -> float:
     def run(n: int) -> float:
         sync(device)
         started = time.perf_counter()
-        greedy_row(gen, gen.model.generation_config, prompt, adapter, n)
+        _decode(gen, prompt, batch, n)
         sync(device)
         return time.perf_counter() - started
 
@@ -71,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
     parser.add_argument("--data", type=Path, default=Path("../shared/data/korquad/KorQuAD_v1.0_dev.json"))
     parser.add_argument("--variants", default="bf16,4bit")
+    parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated: {', '.join(MODES)}")
+    parser.add_argument("--batches", default="1x1", help="comma-separated ROWSxBEAMS, e.g. 1x1,6x3")
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile-backend", default="inductor")
@@ -81,43 +122,58 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.model, args.random_init, args.device, args.compile_backend = "tiny-random", None, "cpu", "eager"
         args.variants, args.tokens, args.repeats = "bf16", 4, 1
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    if unknown := sorted(set(modes) - set(MODES)):
+        raise SystemExit(f"--modes: unknown {', '.join(unknown)}; known: {', '.join(MODES)}")
+    if not args.device.startswith("cuda") and "loop-graphs" in modes:
+        modes.remove("loop-graphs")  # CUDA graphs need CUDA; elsewhere it would just repeat "loop"
+    batches = [tuple(int(n) for n in b.split("x")) for b in args.batches.split(",") if b.strip()]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     out = args.out or default_out("compile-probe")
     example = load_questions(args.data, split="eval", count=1)[0] if not args.smoke else None
-    rows = []
+    rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as scratch:
         base = resolve_base(args.model, args.random_init, Path(scratch), args.cache_dir, device=args.device)
         (spec,) = make_lora_adapters(base, Path(scratch) / "adapters", ["probe"])
         for variant in args.variants.split(","):
-            eager = _generator(base, spec, variant, args.device, None)
-            context = example.context if example else "서울은 대한민국의 수도이다."
-            question = example.question if example else "수도는?"
-            prompt = render_prompt("zero-shot", context, question, chat=eager.has_chat_template)
-            eager_ms = _ms_per_token(eager, prompt, "probe", args.tokens, args.repeats, args.device)
-            del eager
-            compiled = _generator(base, spec, variant, args.device, args.compile_backend)
-            started = time.perf_counter()
-            greedy_row(compiled, compiled.model.generation_config, prompt, "probe", args.tokens)
-            first_s = time.perf_counter() - started
-            compiled_ms = _ms_per_token(compiled, prompt, "probe", args.tokens, args.repeats, args.device)
-            del compiled
-            rows.append(
-                {
-                    "variant": variant,
-                    "eager_ms_per_token": round(eager_ms, 3),
-                    "compiled_ms_per_token": round(compiled_ms, 3),
-                    "speedup": round(eager_ms / compiled_ms, 2) if compiled_ms > 0 else None,
-                    "first_compiled_call_s": round(first_s, 1),
-                }
-            )
-            logger.info("%s", rows[-1])
+            eager_ms: dict[tuple[int, int], float] = {}
+            for mode in modes:
+                gen = _generator(
+                    base, spec, variant, args.device, _generator_kwargs(mode, args.compile_backend)
+                )
+                context = example.context if example else "서울은 대한민국의 수도이다."
+                question = example.question if example else "수도는?"
+                prompt = render_prompt("zero-shot", context, question, chat=gen.has_chat_template)
+                for batch in batches:
+                    sync(args.device)
+                    started = time.perf_counter()
+                    _decode(gen, prompt, batch, args.tokens)
+                    sync(args.device)
+                    first_s = time.perf_counter() - started
+                    ms = _ms_per_token(gen, prompt, batch, args.tokens, args.repeats, args.device)
+                    if mode == "eager":
+                        eager_ms[batch] = ms
+                    rows.append(
+                        {
+                            "variant": variant,
+                            "batch": "{}x{}".format(*batch),
+                            "mode": mode,
+                            "ms_per_token": round(ms, 3),
+                            "speedup": round(eager_ms[batch] / ms, 2)
+                            if batch in eager_ms and ms > 0
+                            else None,
+                            "first_call_s": round(first_s, 2),
+                        }
+                    )
+                    logger.info("%s", rows[-1])
+                del gen
     report = {
         "environment": environment(args.device),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "rows": rows,
     }
     table = markdown_table(
-        ("variant", "eager ms/token", "compiled ms/token", "speed-up", "first compiled call s"),
+        ("variant", "rows x beams", "mode", "ms/step", "speed-up over eager", "first call s"),
         [tuple(r.values()) for r in rows],
     )
     write_json(out / "compile_probe.json", report)

@@ -6,6 +6,7 @@
 #
 #   bash bench/gpu_session.sh start            carry .gpu-site .gpu-meta .gpu-data: unpack, start the background
 #   bash bench/gpu_session.sh meta             carry .gpu-meta .gpu-data when they did not fit with .gpu-site
+#   bash bench/gpu_session.sh speed            issue 5's runs on random weights, in the background
 #   bash bench/gpu_session.sh part N           carry .gpu-partN: one part of the base GGUF into /tmp/parts
 #   bash bench/gpu_session.sh status           what the background runs printed last
 #   bash bench/gpu_session.sh collect          copy the background results to $OUT
@@ -47,6 +48,30 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
       --out "$RES/serving_speed" && echo "serving_speed done"
     python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --new-tokens 12 \
       --out "$RES/http_latency" && echo "http_latency done"
+    ;;
+  speed)  # issue 5 on random weights in the 0.5B shape, in the background (poll with `status`, then `collect`)
+    (cd /tmp/src && rm -rf models bench tests && cp -r "$OLDPWD"/models "$OLDPWD"/bench "$OLDPWD"/tests \
+      "$OLDPWD"/app "$OLDPWD"/engine . && setsid nohup bash bench/gpu_session.sh speed-runs >"$RES/speed.log" 2>&1 &)
+    sleep 3; tail -3 "$RES/speed.log"
+    ;;
+  speed-runs)
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    data=.gpu-data/KorQuAD_v1.0_dev.json
+    python3 -m pytest -q -m gpu tests/models/test_gpu.py -p no:cacheprovider 2>&1 | tail -5
+    python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants bf16 \
+      --modes eager,compiled,loop,loop-graphs --batches 1x1,6x3 --tokens 32 --repeats 3 --out "$RES/probe-bf16"
+    python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants 4bit \
+      --modes eager,loop,loop-graphs --batches 1x1,6x3 --tokens 32 --repeats 3 --out "$RES/probe-4bit"
+    echo "probes done"
+    for q in none 4bit; do for dec in hf loop; do
+      python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --quantization $q --new-tokens 12 \
+        --concurrency 1,8,32 --questions 32 --requests 24 --cell-seconds 20 --warmup 4 --server-env QA_DECODER=$dec \
+        --out "$RES/http-$q-$dec"
+    done; done
+    echo "http done"
+    python3 -m bench.serving_speed --random-init .gpu-meta --data "$data" --variants 4bit,bf16 \
+      --generator-kwargs '{}' --generator-kwargs '{"decoder": "loop"}' --out "$RES/serving_speed"
+    echo "speed finished"
     ;;
   part)
     mkdir -p /tmp/parts && cp ".gpu-part$2/part" "/tmp/parts/$(printf %03d "$2")" && ls /tmp/parts | wc -l

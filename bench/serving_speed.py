@@ -17,7 +17,7 @@ Per variant (how the base is loaded: 4bit = NF4 with bf16 compute, bf16 = no qua
      base alone, a base row with an adapter resident, an adapter row; and the floor = bytes read per step
      (weights, KV cache of the prompt, resident LoRA) / the card's bandwidth (by name, or --bandwidth-gbs).
 Each --generator-kwargs JSON object (repeatable) is passed to `Generator(...)` and gives its own rows, so
-generator options (a LoRA backend, a static cache, compilation) can be compared in one run; the naive loop
+generator options (a LoRA backend, compilation, our decode loop) can be compared in one run; the naive loop
 runs once per variant. Every generation makes exactly --new-tokens tokens: min_new_tokens = max_new_tokens
 on the model's generation config and `stop_at_newline=False` (random weights rarely end a line, a real model
 does; fixed lengths keep both sides' work equal). Timings are wall clock between torch.cuda.synchronize()

@@ -50,6 +50,8 @@ class EngineConfig:
     """How one batch mixes adapters (see `models.multi_lora`); peft's mixed batch is the reference."""
     compile: bool = False
     """Decode over a static KV cache with torch.compile (inductor: CUDA graphs); needs the stacked backend."""
+    decoder: Literal["hf", "loop"] = "hf"
+    """Greedy and beams through `generate` ("hf") or `models.decode_loop` ("loop": stacked backend only)."""
     max_resident_adapters: int | None = None
     """Most adapters on the model at once (least recently used out first); None = all of them."""
     pinned_adapters: tuple[str, ...] = ()
@@ -172,6 +174,7 @@ def build_engine(config: EngineConfig) -> Engine:
         pinned_adapters=config.pinned_adapters,
         lora_backend=config.lora_backend,
         compile_backend="inductor" if config.compile else None,
+        decoder=config.decoder,
     )
     registry = None
     if config.adapters_dir is not None and not config.preload_adapters:

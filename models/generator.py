@@ -8,7 +8,9 @@ are one line; the rest would be thrown away by `ensemble.clean` anyway). A lock 
 adapter changes, because the server calls from threads. This module does not choose prompts, decoding plans or
 answers: that is `ensemble/`. On CUDA out-of-memory a batch is split in halves and retried
 (`_generate_split`); an adapter's weights are checked against the base before peft touches the shared model
-(`models.weights`).
+(`models.weights`). With `decoder="loop"` greedy and beam requests run through `models.decode_loop` (our own
+loop over the model's forward: one prefill per prompt, a static cache, CUDA graphs) instead of `generate`;
+sampled requests always use `generate`.
 """
 
 import gc
@@ -22,6 +24,7 @@ import torch
 from transformers import StoppingCriteriaList
 
 from models.cache import AdapterResidency
+from models.decode_loop import DecodeLoop
 from models.decoding import (
     PAD_MULTIPLE,
     FirstLineDone,
@@ -57,6 +60,8 @@ class Generator:
         pinned_adapters: Sequence[str] = (),
         lora_backend: Literal["stacked", "peft"] = "stacked",
         compile_backend: str | None = None,
+        decoder: Literal["hf", "loop"] = "hf",
+        cuda_graphs: bool = True,
     ):
         self._model = model
         self._tokenizer = tokenizer
@@ -76,6 +81,13 @@ class Generator:
         if compile_backend is not None and quantizer is not None and not quantizer.is_compileable:
             # transformers then decodes eagerly over the static cache: measured no faster (docs/benchmarks.md)
             logger.warning("compile: %s is not compileable; decoding stays eager", type(quantizer).__name__)
+        if decoder not in ("hf", "loop"):
+            raise ValueError(f"decoder must be 'hf' or 'loop', got {decoder!r}")
+        if decoder == "loop" and lora_backend == "peft":
+            raise ValueError(
+                "decoder='loop' needs the stacked LoRA backend (peft's mixed batch loops in Python)"
+            )
+        self.decoder = decoder
         self._stacked: StackedLora | None = StackedLora(model) if lora_backend == "stacked" else None
         self._attached: set[str] = set()
         self._lock = threading.RLock()
@@ -86,6 +98,12 @@ class Generator:
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
             eos_ids.append(tokenizer.eos_token_id)
         self._eos_ids = torch.tensor(eos_ids, dtype=torch.long)
+        # Greedy and beams through our own loop (graphs captured on CUDA unless `cuda_graphs` is off).
+        self._loop = (
+            DecodeLoop(model, eos_ids=eos_ids, stacked=self._stacked, cuda_graphs=cuda_graphs)
+            if decoder == "loop"
+            else None
+        )
         if stop_at_newline:
             self._line_ends(
                 torch.zeros(1, 1, dtype=torch.long)
@@ -308,26 +326,18 @@ class Generator:
         Rows are independent (each left-padded, each naming its adapter), so the halves give what the whole
         would (sampled draws aside). A single row that still does not fit raises `GenerationOutOfMemoryError`.
         """
-        call = dict(kwargs)
-        if self._stacked is not None:
-            # Stacked LoRA reads each row's adapter from a mask, not from generate's kwargs.
-            names = call.pop("adapter_names", None) or [None] * len(call["input_ids"])
-            self._stacked.set_rows(
-                [None if n == BASE_ADAPTER else n for n in names], repeat=call["num_beams"] if beams else 1
-            )
-        if "compile_config" in call:
-            call["past_key_values"] = static_cache(
-                self._model.config, call["input_ids"].shape[1] + call["max_new_tokens"]
-            )
         try:
-            out = self._model.generate(**call)
-            return self._decode(out, kwargs["input_ids"].shape[1], beams=beams)
+            if self._loop is not None and not kwargs["do_sample"]:
+                return self._loop_generate(kwargs)
+            return self._hf_generate(kwargs, beams=beams)
         except torch.cuda.OutOfMemoryError as exc:
             failure = (str(exc).splitlines() or [""])[0]
         finally:
             if self._stacked is not None:
                 self._stacked.clear_rows()  # a later forward of another batch size must not meet this mask
         rows = kwargs["input_ids"].shape[0]
+        if self._loop is not None:
+            self._loop.clear()  # its cached shapes (KV buffers, CUDA graphs) are what may not fit now
         # Outside the except block: the traceback no longer pins the failed call's tensors.
         gc.collect()
         if torch.cuda.is_available():
@@ -344,6 +354,43 @@ class Generator:
             scores += part_scores
             new_tokens += part_tokens
         return texts, scores, new_tokens
+
+    def _hf_generate(self, kwargs: dict[str, Any], *, beams: bool) -> tuple[list[str], list[float], int]:
+        call = dict(kwargs)
+        if self._stacked is not None:
+            # Stacked LoRA reads each row's adapter from a mask, not from generate's kwargs.
+            self._stacked.set_rows(
+                self._row_adapters(call.pop("adapter_names", None), len(call["input_ids"])),
+                repeat=call["num_beams"] if beams else 1,
+            )
+        if "compile_config" in call:
+            call["past_key_values"] = static_cache(
+                self._model.config, call["input_ids"].shape[1] + call["max_new_tokens"]
+            )
+        out = self._model.generate(**call)
+        return self._decode(out, kwargs["input_ids"].shape[1], beams=beams)
+
+    def _loop_generate(self, kwargs: dict[str, Any]) -> tuple[list[str], list[float], int]:
+        """The same batch through `DecodeLoop`; texts as `_decode` makes them (up to and including the stop,
+        special tokens skipped)."""
+        assert self._loop is not None
+        input_ids = kwargs["input_ids"]
+        decoded = self._loop.decode(
+            input_ids,
+            kwargs["attention_mask"],
+            self._row_adapters(kwargs.get("adapter_names"), len(input_ids)),
+            max_new_tokens=kwargs["max_new_tokens"],
+            num_beams=kwargs["num_beams"],
+            num_return_sequences=kwargs["num_return_sequences"],
+            min_new_tokens=self._model.generation_config.min_new_tokens or 0,
+            line_ends=self._tables if self._stop_at_newline else None,
+        )
+        texts = [self._tokenizer.decode(ids, skip_special_tokens=True) for ids in decoded.tokens]
+        return texts, decoded.scores, sum(len(ids) for ids in decoded.tokens)
+
+    @staticmethod
+    def _row_adapters(names: Sequence[str] | None, rows: int) -> list[str | None]:
+        return [None if n == BASE_ADAPTER else n for n in names] if names else [None] * rows
 
     def _part(self, kwargs: dict[str, Any], rows: slice) -> dict[str, Any]:
         """The same generate call for some rows only, without the padding columns none of them needs."""

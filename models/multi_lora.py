@@ -10,7 +10,9 @@ in) as [out, sum r], and a per-row mask over the stacked rank says which adapter
 
 Two matmuls and a multiply per layer whatever the number of adapters (they add rank, not kernels), static
 shapes, no data-dependent Python: a base row has an all-zero mask. The mask is set once per `generate` call
-for its rows (beams repeat their row's mask) and read by every layer through one shared `RowMask` holder.
+for its rows (beams repeat their row's mask) and read by every layer through one shared `RowMask` holder. It
+lives in one persistent buffer per row count, and `version` changes whenever the stacks are rebuilt, so a
+CUDA graph that captured a forward (`models.decode_loop`) knows which tensor addresses it may still replay.
 
 `StackedLora` loads adapters saved by peft (`adapter_model.safetensors` + `adapter_config.json`, plain
 LoRA: no DoRA, no bias, no rank or alpha patterns; those are refused with `AdapterError`), wraps the target
@@ -127,6 +129,9 @@ class StackedLora:
         self._layers: dict[str, StackedLoraLinear] = {}
         self._offsets: dict[str, tuple[int, int]] = {}  # name -> (start, end) in the stacked rank
         self._dtype = dtype
+        self._row_buffers: dict[int, torch.Tensor] = {}  # row count -> the mask's fixed storage
+        self.version = 0
+        """Changes whenever the stacked matrices (and the mask buffers) are replaced."""
 
     @property
     def names(self) -> list[str]:
@@ -155,11 +160,21 @@ class StackedLora:
             if name is not None:
                 start, end = self._offsets[name]
                 mask[row, start:end] = 1
-        mask = mask.to(stacked.device)
-        self.rows.mask = mask.repeat_interleave(repeat, dim=0) if repeat > 1 else mask
+        if repeat > 1:
+            mask = mask.repeat_interleave(repeat, dim=0)
+        self.rows.mask = self._row_buffer(mask.shape[0], stacked).copy_(mask)
 
     def clear_rows(self) -> None:
         self.rows.mask = None
+
+    def _row_buffer(self, rows: int, like: torch.Tensor) -> torch.Tensor:
+        """The mask's storage for `rows` rows: the same tensor every time, until the stacks change."""
+        buffer = self._row_buffers.get(rows)
+        if buffer is not None and buffer.is_inference() and not torch.is_inference_mode_enabled():
+            buffer, self.version = None, self.version + 1  # not writable here: a new address, say so
+        if buffer is None:
+            buffer = self._row_buffers[rows] = like.new_empty(rows, like.shape[0])
+        return buffer
 
     def _total_rank(self) -> int:
         return sum(w.rank for w in self._adapters.values())
@@ -189,6 +204,8 @@ class StackedLora:
     def _rebuild(self) -> None:
         """Stack every resident adapter's A and scaled B per layer, in resident order (zeros where absent)."""
         self._offsets, start = {}, 0
+        self._row_buffers.clear()
+        self.version += 1
         for name, weights in self._adapters.items():
             self._offsets[name] = (start, start + weights.rank)
             start += weights.rank

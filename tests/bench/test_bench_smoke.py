@@ -153,7 +153,34 @@ def test_http_latency_smoke_answers_every_request(
 def test_compile_probe_smoke(tmp_path) -> None:
     from bench import compile_probe
 
-    assert compile_probe.main(["--smoke", "--out", str(tmp_path)]) == 0
+    assert compile_probe.main(["--smoke", "--batches", "1x1,2x2", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "compile_probe.json").read_text())
-    (row,) = report["rows"]
-    assert row["eager_ms_per_token"] > 0 and row["compiled_ms_per_token"] > 0
+    rows = {(row["batch"], row["mode"]): row for row in report["rows"]}
+    modes = ("eager", "compiled", "loop")  # loop-graphs: CUDA only
+    assert rows.keys() == {(batch, mode) for batch in ("1x1", "2x2") for mode in modes}
+    assert all(positive(row["ms_per_token"]) and positive(row["speedup"]) for row in rows.values())
+
+
+def test_serving_speed_smoke_with_the_decode_loop(
+    bench, tiny_model_dir: Path, questions_file: Path, tmp_path: Path, capsys
+):
+    out = tmp_path / "speed-loop"
+    argv = smoke_args(tiny_model_dir, questions_file, out) + ["--generator-kwargs", '{"decoder": "loop"}']
+    assert bench("serving_speed").main(argv + ["--memory-adapters", "1"]) == 0, capsys.readouterr()
+    [row] = json.loads((out / "serving_speed.json").read_text(encoding="utf-8"))["rows"]
+    assert row["generator_kwargs"] == {"decoder": "loop"} and "error" not in row
+    assert row["pipeline"]["candidates"] == row["pipeline"]["questions"] * 9
+    assert all(d["ms_per_token"] >= 0 for d in row["decode"])
+
+
+def test_http_latency_smoke_with_the_decode_loop(
+    bench, tiny_model_dir: Path, questions_file: Path, tmp_path: Path, capsys
+):
+    out = tmp_path / "http-loop"
+    argv = smoke_args(tiny_model_dir, questions_file, out)
+    argv += ["--server-env", "QA_DECODER=loop", "--concurrency", "1", "--kinds", "ensemble"]
+    assert bench("http_latency").main(argv) == 0, capsys.readouterr()
+    report = json.loads((out / "http_latency.json").read_text(encoding="utf-8"))
+    assert report["server"]["env"]["QA_DECODER"] == "loop"
+    [cell] = report["cells"]
+    assert cell["ok"] == cell["requests"] == 2

@@ -1,7 +1,7 @@
 """Generator faults: CUDA OOM splits a batch (same answers), bad adapter weights never reach the model.
 
-The OOM is injected: the model's `generate` raises `torch.cuda.OutOfMemoryError` for batches past a size, as
-CUDA would, so the split-and-retry path runs on CPU.
+The OOM is injected: the model's `generate` (or the decode loop's `decode`) raises
+`torch.cuda.OutOfMemoryError` for batches past a size, as CUDA would, so the split-and-retry path runs on CPU.
 """
 
 import shutil
@@ -66,6 +66,33 @@ def test_oom_splits_the_batch_and_gives_the_same_answers(generator, monkeypatch,
     for got, want in zip(split, expected, strict=True):
         assert [score for _, score in got] == pytest.approx([score for _, score in want], abs=1e-4)
     assert sizes == [4, 2, 1, 1, 2, 1, 1]  # whole, then halves, then quarters
+
+
+def test_oom_in_the_decode_loop_splits_the_batch(tiny_model_dir, tiny_adapters_dir, monkeypatch):
+    model, tokenizer = load_base(tiny_model_dir, LoadConfig(device="cpu", quantization="none"))
+    gen = Generator(model, tokenizer, decoder="loop")
+    info = read_base_info(tiny_model_dir)
+    for spec in AdapterRegistry.from_dir(
+        tiny_adapters_dir, base_key=info.key, base_fingerprint=info.fingerprint
+    ):
+        gen.load_adapter(spec)
+    expected = gen.generate(PROMPTS, ADAPTERS, **BEAMS)
+    loop, sizes, cleared = gen._loop, [], []
+    real_decode, real_clear = loop.decode, loop.clear
+
+    def decode(input_ids, *args, **kwargs):
+        sizes.append(input_ids.shape[0])
+        if input_ids.shape[0] > 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
+        return real_decode(input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "decode", decode)
+    monkeypatch.setattr(loop, "clear", lambda: cleared.append(1) or real_clear())
+    split = gen.generate(PROMPTS, ADAPTERS, **BEAMS)
+    assert [[text for text, _ in row] for row in split] == [[text for text, _ in row] for row in expected]
+    for got, want in zip(split, expected, strict=True):
+        assert [score for _, score in got] == pytest.approx([score for _, score in want], abs=1e-4)
+    assert sizes == [4, 2, 1, 1, 2, 1, 1] and len(cleared) == 3  # its cached shapes go first
 
 
 def test_a_single_row_that_still_does_not_fit_is_a_typed_error(generator, monkeypatch):

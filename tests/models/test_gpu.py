@@ -1,4 +1,5 @@
-"""The serving path on CUDA: auto config (4-bit NF4, bf16), mixed-adapter batches with beams, sampling."""
+"""The serving path on CUDA: auto config (4-bit NF4, bf16), mixed-adapter batches with beams, sampling, and
+the decode loop's CUDA graphs."""
 
 import pytest
 import torch
@@ -50,3 +51,36 @@ def test_sampling_on_cuda(cuda_generator):
     first = cuda_generator.generate([PROMPT, PROMPT], ["alpha", None], **sample)
     assert first == cuda_generator.generate([PROMPT, PROMPT], ["alpha", None], **sample)
     assert [len(c) for c in first] == [3, 3]
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_decode_loop_with_cuda_graphs(tiny_model_dir, tiny_adapters_dir, quantization):
+    """The loop replaying CUDA graphs gives the candidates of the loop stepping eagerly (in fp32, also those
+    of generate); each shape is captured once."""
+    dtype = "float32" if quantization == "none" else "bfloat16"
+    base = read_base_info(tiny_model_dir)
+    gens = {}
+    for name, kwargs in {"hf": {}, "eager": {"cuda_graphs": False}, "graphs": {"cuda_graphs": True}}.items():
+        model, tokenizer = load_base(tiny_model_dir, LoadConfig(quantization=quantization, dtype=dtype))
+        gens[name] = Generator(model, tokenizer, **({"decoder": "loop", **kwargs} if kwargs else {}))
+        registry = AdapterRegistry.from_dir(
+            tiny_adapters_dir, base_key=base.key, base_fingerprint=base.fingerprint
+        )
+        for spec in registry:
+            gens[name].load_adapter(spec)
+    prompts, adapters = [PROMPT, "짧은 질문?", PROMPT], ["alpha", None, "gamma"]
+    for decoding in (
+        dict(DECODE, num_beams=1, num_return_sequences=1),
+        dict(DECODE, num_beams=3, num_return_sequences=2),
+    ):
+        out = {name: gen.generate(prompts, adapters, **decoding) for name, gen in gens.items()}
+        assert [[t for t, _ in c] for c in out["graphs"]] == [[t for t, _ in c] for c in out["eager"]]
+        for got, want in zip(out["graphs"], out["eager"], strict=True):
+            assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-3)
+        if quantization == "none":
+            assert [[t for t, _ in c] for c in out["graphs"]] == [[t for t, _ in c] for c in out["hf"]]
+    loop = gens["graphs"]._loop
+    captured = loop.captures
+    assert captured == 2 and loop.cuda_graphs  # greedy and beams: one shape each
+    gens["graphs"].generate(prompts, adapters, **dict(DECODE, num_beams=3, num_return_sequences=2))
+    assert loop.captures == captured  # the same shape replays its graph

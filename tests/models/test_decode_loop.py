@@ -1,0 +1,219 @@
+"""Our decode loop (`Generator(decoder="loop")`) gives `generate`'s candidates: greedy and beams, mixed
+adapters, prompts of different lengths, with and without the stop at the answer line's end.
+
+The tiny random model seldom ends a line or emits EOS, so `stop_heavy` adds a fixed bias to the output logits
+(a forward hook on `lm_head`, which both paths run through) that makes EOS and line ends common: finished
+beams, freed beam slots, the early-stop heuristic and `min_new_tokens` are then all exercised. CUDA graphs are
+not (CPU); the step they capture is the eager step these tests run.
+"""
+
+import types
+
+import pytest
+import torch
+
+from models.folders import read_base_info
+from models.generator import Generator
+from models.loading import LoadConfig, load_base
+from models.registry import AdapterRegistry
+from models.search import BeamSearch, Greedy, Stops
+
+DECODE = dict(do_sample=False, temperature=1.0, top_k=50, top_p=1.0, seed=None)
+SHORT = [{"role": "system", "content": "답하라."}, {"role": "user", "content": "서울은 어디?"}]
+LONG = [
+    {"role": "system", "content": "문맥을 읽고 질문에 대한 답을 문맥에서 그대로 찾아 쓰시오."},
+    {"role": "user", "content": "문맥: 세종대왕은 1443년에 훈민정음을 창제하였다.\n질문: 누가 창제했나?"},
+]
+PROMPTS = [LONG, SHORT, "plain prompt: 수도는?", LONG]
+ADAPTERS = ["gamma", None, "alpha", "beta"]
+
+
+def _generator(model_dir, adapters_dir, bias: torch.Tensor | None = None, **kw) -> Generator:
+    model, tokenizer = load_base(model_dir, LoadConfig(device="cpu", quantization="none"))
+    if bias is not None:
+        model.lm_head.register_forward_hook(lambda module, args, out: out + bias)
+    gen = Generator(model, tokenizer, **kw)
+    info = read_base_info(model_dir)
+    for spec in AdapterRegistry.from_dir(adapters_dir, base_key=info.key, base_fingerprint=info.fingerprint):
+        gen.load_adapter(spec)
+    return gen
+
+
+def stop_heavy(tokenizer, vocab: int) -> torch.Tensor:
+    """A logit bias that makes EOS and line ends likely (and a few other tokens, to vary the texts)."""
+    bias = torch.zeros(vocab)
+    bias[tokenizer.eos_token_id] = 5.0
+    bias[[i for i in range(len(tokenizer)) if "\n" in tokenizer.decode([i])]] = 4.0
+    bias[torch.randperm(vocab, generator=torch.Generator().manual_seed(0))[:20]] += 3.0
+    return bias
+
+
+def assert_same(got, want) -> None:
+    assert [[t for t, _ in c] for c in got] == [[t for t, _ in c] for c in want]
+    for g, w in zip(got, want, strict=True):
+        assert [s for _, s in g] == pytest.approx([s for _, s in w], abs=1e-4)
+
+
+@pytest.mark.parametrize("stop_at_newline", [False, True])
+def test_greedy_equals_generate(tiny_model_dir, tiny_adapters_dir, stop_at_newline) -> None:
+    hf = _generator(tiny_model_dir, tiny_adapters_dir, stop_at_newline=stop_at_newline)
+    loop = _generator(tiny_model_dir, tiny_adapters_dir, stop_at_newline=stop_at_newline, decoder="loop")
+    for max_new_tokens in (1, 12):
+        want = hf.generate(
+            PROMPTS, ADAPTERS, max_new_tokens=max_new_tokens, num_beams=1, num_return_sequences=1, **DECODE
+        )
+        got = loop.generate(
+            PROMPTS, ADAPTERS, max_new_tokens=max_new_tokens, num_beams=1, num_return_sequences=1, **DECODE
+        )
+        assert_same(got, want)
+    assert loop.stats.new_tokens == hf.stats.new_tokens and loop.stats.sequences == hf.stats.sequences
+
+
+@pytest.mark.parametrize("n", [1, 3])
+@pytest.mark.parametrize("stop_at_newline", [False, True])
+def test_beams_equal_generate(tiny_model_dir, tiny_adapters_dir, n, stop_at_newline) -> None:
+    hf = _generator(tiny_model_dir, tiny_adapters_dir, stop_at_newline=stop_at_newline)
+    loop = _generator(tiny_model_dir, tiny_adapters_dir, stop_at_newline=stop_at_newline, decoder="loop")
+    beams = dict(DECODE, num_beams=3, num_return_sequences=n, max_new_tokens=10)
+    want = hf.generate(PROMPTS, ADAPTERS, **beams)
+    assert_same(loop.generate(PROMPTS, ADAPTERS, **beams), want)
+    assert len({c[0][0] for c in want}) > 1, "adapters and prompts should give different candidates"
+
+
+@pytest.mark.parametrize(
+    ("beams", "n", "stop_at_newline", "min_new_tokens"),
+    [(1, 1, True, None), (1, 1, False, 3), (3, 3, False, None), (3, 2, True, None), (4, 1, True, 2)],
+)
+def test_stops_equal_generate(tiny_model_dir, tiny_adapters_dir, beams, n, stop_at_newline, min_new_tokens):
+    hf = _generator(tiny_model_dir, tiny_adapters_dir, stop_at_newline=stop_at_newline)
+    bias = stop_heavy(hf.tokenizer, hf.model.config.vocab_size)
+    hf = _generator(tiny_model_dir, tiny_adapters_dir, bias, stop_at_newline=stop_at_newline)
+    loop = _generator(
+        tiny_model_dir, tiny_adapters_dir, bias, stop_at_newline=stop_at_newline, decoder="loop"
+    )
+    for gen in (hf, loop):
+        gen.model.generation_config.min_new_tokens = min_new_tokens
+    decoding = dict(DECODE, num_beams=beams, num_return_sequences=n, max_new_tokens=12)
+    want = hf.generate(PROMPTS, ADAPTERS, **decoding)
+    assert_same(loop.generate(PROMPTS, ADAPTERS, **decoding), want)
+    lengths = [len(hf.tokenizer(t, add_special_tokens=False)["input_ids"]) for c in want for t, _ in c]
+    assert min(lengths) < 12, "some candidates should have stopped early"
+
+
+def test_every_candidate_ends_with_its_first_line(tiny_model_dir, tiny_adapters_dir) -> None:
+    plain = _generator(tiny_model_dir, tiny_adapters_dir)
+    bias = stop_heavy(plain.tokenizer, plain.model.config.vocab_size)
+    bias[plain.tokenizer.eos_token_id] = 0.0  # lines, not EOS, end these answers
+    loop = _generator(tiny_model_dir, tiny_adapters_dir, bias, decoder="loop")
+    out = loop.generate(
+        PROMPTS, ADAPTERS, **dict(DECODE, num_beams=3, num_return_sequences=3, max_new_tokens=16)
+    )
+    texts = [t for c in out for t, _ in c]
+    assert all("\n" not in t.strip() for t in texts)
+    assert sum(t.strip() != "" and t.endswith("\n") for t in texts) >= len(texts) // 2
+
+
+def _search_tables() -> tuple[Stops, dict[str, int]]:
+    """A 5-token vocabulary: "a" and "b" are text, "\\n" a line break, "\\n\\n" two, EOS."""
+    ids = {"a": 0, "b": 1, "\n": 2, "\n\n": 3, "eos": 4}
+    lines = types.SimpleNamespace(
+        has_newline=torch.tensor([False, False, True, True, False]),
+        text_before_newline=torch.zeros(5, dtype=torch.bool),
+        non_blank=torch.tensor([True, True, False, False, False]),
+    )
+    return Stops(torch.tensor([ids["eos"]]), 5, lines, "cpu"), ids
+
+
+def log_probs(rows: int, **weights: float) -> torch.Tensor:
+    order = ["a", "b", "nl", "nl2", "eos"]
+    logits = torch.tensor([[weights.get(name, 0.0) for name in order]] * rows)
+    return torch.log_softmax(logits, dim=-1)
+
+
+def test_a_line_end_finishes_the_beam_and_frees_its_slot() -> None:
+    stops, ids = _search_tables()
+    search = BeamSearch(prompts=1, beams=2, keep=4, max_new=6, stops=stops, device="cpu")
+    # A newline before any text does not end the line: it runs on like any token.
+    tokens, _ = search.choose(0, log_probs(2, nl=5.0, a=4.0), no_eos=False)
+    assert sorted(tokens.tolist()) == [ids["a"], ids["\n"]] and not search.finished.any()
+    # After text, a newline ends the line: that hypothesis is finished and two others run on.
+    tokens, _ = search.choose(1, log_probs(2, nl=6.0, b=1.0), no_eos=False)
+    assert search.finished[0, 0] and search.tokens[0, 0, :2].tolist() == [ids["a"], ids["\n"]]
+    running = search.running_tokens[0, :, :2].tolist()
+    assert search.lengths[0, 0] == 2 and [ids["a"], ids["\n"]] not in running
+    assert [ids["\n"], ids["\n"]] in running  # a blank line has no text yet: it runs on
+    assert (search.running_scores > -1e8).all()
+    assert not bool(search.halted)
+
+
+def test_greedy_rows_stop_at_their_line_end_and_eos() -> None:
+    stops, ids = _search_tables()
+    search = Greedy(rows=2, max_new=4, stops=stops, device="cpu")
+    search.choose(0, torch.stack([log_probs(1, a=5.0)[0], log_probs(1, eos=5.0)[0]]), no_eos=False)
+    search.choose(1, log_probs(2, nl=5.0), no_eos=False)
+    assert bool(search.halted)
+    done = search.result(1)
+    assert done.tokens == [[ids["a"], ids["\n"]], [ids["eos"]]]
+    # min_new_tokens: EOS is impossible, the next best is taken.
+    search = Greedy(rows=1, max_new=2, stops=stops, device="cpu")
+    assert search.choose(0, log_probs(1, eos=5.0, b=1.0), no_eos=True)[0].tolist() == [ids["b"]]
+
+
+def test_shapes_are_reused_and_dropped_when_adapters_change(tiny_model_dir, tiny_adapters_dir) -> None:
+    loop = _generator(tiny_model_dir, tiny_adapters_dir, decoder="loop")
+    beams = dict(DECODE, num_beams=3, num_return_sequences=2, max_new_tokens=6)
+    loop.generate([LONG, SHORT], ["gamma", None], **beams)
+    loop.generate([SHORT, LONG], ["alpha", "beta"], **beams)  # other rows, the same shape
+    assert len(loop._loop._states) == 1
+    with torch.inference_mode():  # a row count's mask keeps its storage (graphs captured it)
+        loop._stacked.set_rows(["alpha", None], repeat=3)
+        first = loop._stacked.rows.mask
+        loop._stacked.set_rows([None, "beta"], repeat=3)
+        assert loop._stacked.rows.mask.data_ptr() == first.data_ptr() and not first[:3].any()
+        loop._stacked.clear_rows()
+    loop.unload_adapter("gamma")
+    loop.generate([LONG, SHORT], ["alpha", "beta"], **beams)
+    assert len(loop._loop._states) == 1  # the old stacks' shapes were dropped, this call's shape added
+    loop._loop.cache_bytes = 1  # over budget: only the newest shape stays
+    loop.generate([SHORT], [None], **beams)
+    assert len(loop._loop._states) == 1
+
+
+def test_sampling_still_goes_through_generate(tiny_model_dir, tiny_adapters_dir) -> None:
+    hf = _generator(tiny_model_dir, tiny_adapters_dir)
+    loop = _generator(tiny_model_dir, tiny_adapters_dir, decoder="loop")
+    sample = dict(DECODE, do_sample=True, num_beams=1, num_return_sequences=2, seed=3, max_new_tokens=6)
+    assert loop.generate(PROMPTS, ADAPTERS, **sample) == hf.generate(PROMPTS, ADAPTERS, **sample)
+
+
+def test_the_loop_needs_the_stacked_backend(tiny_model_dir, tiny_adapters_dir) -> None:
+    peft = _generator(tiny_model_dir, tiny_adapters_dir, lora_backend="peft")
+    with pytest.raises(ValueError, match="stacked"):
+        Generator(peft.model, peft.tokenizer, decoder="loop")
+    model, tokenizer = load_base(tiny_model_dir, LoadConfig(device="cpu", quantization="none"))
+    with pytest.raises(ValueError, match="stacked"):
+        Generator(model, tokenizer, lora_backend="peft", decoder="loop")
+    with pytest.raises(ValueError, match="decoder"):
+        Generator(model, tokenizer, decoder="fast")  # type: ignore[arg-type]
+
+
+def test_loop_on_a_4bit_base(tiny_model_dir, tiny_adapters_dir) -> None:
+    pytest.importorskip("bitsandbytes")
+    gens = {}
+    for decoder in ("hf", "loop"):
+        model, tokenizer = load_base(
+            tiny_model_dir, LoadConfig(device="cpu", quantization="4bit", dtype="float32")
+        )
+        gens[decoder] = gen = Generator(model, tokenizer, decoder=decoder)
+        info = read_base_info(tiny_model_dir)
+        registry = AdapterRegistry.from_dir(
+            tiny_adapters_dir, base_key=info.key, base_fingerprint=info.fingerprint
+        )
+        for name in ("alpha", "beta"):
+            gen.load_adapter(registry.get(name))
+    beams = dict(DECODE, num_beams=3, num_return_sequences=2, max_new_tokens=6)
+    want = gens["hf"].generate([LONG, SHORT, LONG], ["alpha", None, "beta"], **beams)
+    got = gens["loop"].generate([LONG, SHORT, LONG], ["alpha", None, "beta"], **beams)
+    assert [[t for t, _ in c] for c in got] == [[t for t, _ in c] for c in want]
+    for g, w in zip(got, want, strict=True):  # 4-bit matmuls round differently for B and B x beams rows
+        assert [s for _, s in g] == pytest.approx([s for _, s in w], abs=1e-3)
