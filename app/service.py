@@ -116,6 +116,7 @@ class QAService:
             lora_backend=s.lora_backend,
             compile=s.compile,
             decoder=s.decoder,
+            warmup=s.warmup,
             max_resident_adapters=s.max_resident_adapters,
             pinned_adapters=tuple(s.pinned_adapters),
         )

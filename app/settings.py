@@ -60,11 +60,20 @@ class ServiceSettings(BaseSettings):
         description="Decode over a static KV cache with torch.compile (inductor, CUDA graphs) on CUDA; "
         "prompts are padded to multiples of 64 tokens. Needs lora_backend=stacked. First calls compile.",
     )
-    decoder: Literal["hf", "loop"] = Field(
-        "hf",
+    decoder: Literal["auto", "hf", "loop"] = Field(
+        "auto",
         description="How greedy and beam requests decode: hf (transformers' generate) or loop (our own loop: "
         "one prefill per prompt shared by its beams, a static KV cache, a CUDA graph per shape on CUDA). "
-        "Sampled requests always use generate. loop needs lora_backend=stacked.",
+        "Sampled requests always use generate. loop needs lora_backend=stacked; auto: loop with stacked, "
+        "hf with peft.",
+    )
+    warmup: bool | Literal["auto"] = Field(
+        "auto",
+        description="Before /readyz says ready, decode dummy prompts through the decode loop once per shape "
+        "the server meets first (one question of the default plan, one greedy row) and cache length bucket "
+        "up to max_input_tokens + default_max_new_tokens, as many as its shape cache holds, so that those "
+        "requests find their CUDA graphs captured. auto: with decoder=loop on CUDA; true: with "
+        "decoder=loop anywhere (eager off CUDA); false: never.",
     )
     max_resident_adapters: int | None = Field(
         None,

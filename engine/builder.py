@@ -1,4 +1,5 @@
-"""`build_engine(config) -> Engine`: resolve the base, load it once, register adapters, build the pipeline.
+"""`build_engine(config) -> Engine`: resolve the base, load it once, register adapters, build the pipeline
+and, when asked, warm the decode loop up (`Engine.warm_up`) before the engine is handed out.
 
 `Engine.load_adapter` / `unload_adapter` change the served adapters at run time, by name only: the folder
 is found strictly inside the configured adapters folder, its manifest and base are checked by the registry
@@ -16,8 +17,9 @@ from pathlib import Path
 from typing import Literal
 
 from ensemble.pipeline import EnsemblePipeline, PipelineConfig
-from ensemble.plan import Decoding, Member
+from ensemble.plan import Decoding, Member, build_plan
 from ensemble.prompts import DEFAULT_PROMPTS, get_prompt_style
+from models.decode_loop import WarmUp
 from models.errors import AdapterNotFoundError
 from models.generator import Generator
 from models.loading import LoadConfig, load_base
@@ -50,7 +52,7 @@ class EngineConfig:
     """How one batch mixes adapters (see `models.multi_lora`); peft's mixed batch is the reference."""
     compile: bool = False
     """Decode over a static KV cache with torch.compile (inductor: CUDA graphs); needs the stacked backend."""
-    decoder: Literal["hf", "loop"] = "hf"
+    decoder: Literal["auto", "hf", "loop"] = "hf"
     """Greedy and beams through `generate` ("hf") or `models.decode_loop` ("loop": stacked backend only)."""
     max_resident_adapters: int | None = None
     """Most adapters on the model at once (least recently used out first); None = all of them."""
@@ -59,6 +61,10 @@ class EngineConfig:
     preload_adapters: bool = True
     """Load every adapter of `adapters_dir` at start. False: start with the base alone and load adapters by
     name later (`Engine.load_adapter`), as Ray Serve replicas do for the adapter sets routed to them."""
+    warmup: bool | Literal["auto"] = False
+    """Make the decode loop's shapes for the default plan and a single greedy row before `build_engine`
+    returns (`Engine.warm_up`); "auto": only on CUDA, where each is a CUDA graph to capture. Needs
+    decoder="loop" (with "hf" there is nothing to warm)."""
 
     def __post_init__(self) -> None:
         if not self.default_prompts:
@@ -91,6 +97,21 @@ class Engine:
     def all_members(self) -> list[Member]:
         """Every served adapter with its manifest weight, resident now or not (what requests may name)."""
         return served_members(self.generator, self.registry)
+
+    def warm_up(self) -> WarmUp:
+        """Make the decode loop's shapes a server meets first: one question of the default plan (every
+        default member x default prompt, default decoding; none when it samples) and one greedy row (the
+        first member, as a single-answer request), for every cache length up to the longest prompt plus the
+        default answer budget (`Generator.warm_up`)."""
+        decoding = self.config.default_decoding
+        plan = build_plan(self.members(), self.config.default_prompts, decoding)
+        rows = tuple(item.member.adapter for item in plan.items)
+        batches = [] if decoding.strategy == "sample" else [(rows, decoding.generate_kwargs()["num_beams"])]
+        if (rows[:1], 1) not in batches:
+            batches.append((rows[:1], 1))
+        return self.generator.warm_up(
+            batches, max_length=self.config.max_input_tokens + decoding.max_new_tokens
+        )
 
     def load_adapter(self, name: str) -> tuple[AdapterSpec, bool]:
         """Serve `<adapters_dir>/<name>`; returns its spec and whether it was loaded now (False: already was).
@@ -160,6 +181,13 @@ def _check_capacity(config: EngineConfig, names: list[str]) -> None:
         )
 
 
+def resolve_decoder(decoder: str, lora_backend: str) -> Literal["hf", "loop"]:
+    """`auto`: our decode loop where it runs (the stacked LoRA backend), else transformers' `generate`."""
+    if decoder == "auto":
+        return "loop" if lora_backend == "stacked" else "hf"
+    return "loop" if decoder == "loop" else "hf"
+
+
 def build_engine(config: EngineConfig) -> Engine:
     started = time.perf_counter()
     resolved = resolve_model(config.model, config.cache_dir)
@@ -174,7 +202,7 @@ def build_engine(config: EngineConfig) -> Engine:
         pinned_adapters=config.pinned_adapters,
         lora_backend=config.lora_backend,
         compile_backend="inductor" if config.compile else None,
-        decoder=config.decoder,
+        decoder=resolve_decoder(config.decoder, config.lora_backend),
     )
     registry = None
     if config.adapters_dir is not None and not config.preload_adapters:
@@ -196,6 +224,8 @@ def build_engine(config: EngineConfig) -> Engine:
         default_members=functools.partial(served_members, generator, registry, config),
     )
     engine = Engine(config, resolved, generator, registry, pipeline)
+    if config.warmup is True or (config.warmup == "auto" and generator.device.startswith("cuda")):
+        engine.warm_up()
     logger.info(
         "engine ready: %s on %s with adapters %s in %.1fs",
         resolved.key,

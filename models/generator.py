@@ -10,7 +10,7 @@ answers: that is `ensemble/`. On CUDA out-of-memory a batch is split in halves a
 (`_generate_split`); an adapter's weights are checked against the base before peft touches the shared model
 (`models.weights`). With `decoder="loop"` greedy and beam requests run through `models.decode_loop` (our own
 loop over the model's forward: one prefill per prompt, a static cache, CUDA graphs) instead of `generate`;
-sampled requests always use `generate`.
+sampled requests always use `generate`; `warm_up` makes the loop's shapes (its CUDA graphs) ahead of requests.
 """
 
 import gc
@@ -24,7 +24,7 @@ import torch
 from transformers import StoppingCriteriaList
 
 from models.cache import AdapterResidency
-from models.decode_loop import DecodeLoop
+from models.decode_loop import DecodeLoop, WarmUp
 from models.decoding import (
     PAD_MULTIPLE,
     FirstLineDone,
@@ -263,13 +263,7 @@ class Generator:
             return []
         n = num_return_sequences
         with self._lock:
-            for name in adapters:
-                if name is not None and name not in self._adapters and name not in self._attached:
-                    raise UnknownAdapterError(
-                        f"unknown adapter {name!r}; loaded: {', '.join(self.adapter_names) or 'none'}"
-                    )
-            needed = [a for a in adapters if a is not None and a in self._adapters]
-            self._make_resident(needed, self._adapters)
+            self._check_and_load(adapters)
             rows, row_adapters = list(prompts), list(adapters)
             if num_beams == 1 and n > 1:
                 # peft repeats adapter names per beam only; sampled copies are made here, one row each.
@@ -318,6 +312,44 @@ class Generator:
             for i in range(len(prompts))
         ]
         return results
+
+    def warm_up(self, batches: Sequence[tuple[Sequence[str | None], int]], *, max_length: int) -> WarmUp:
+        """Make the decode loop's shapes for `batches` (each: every prompt row's adapter, and the beams) at
+        every cache length bucket up to `max_length` tokens (`DecodeLoop.warm_up`), so that requests of those
+        shapes find their CUDA graphs captured. Nothing to do with `decoder="hf"`. Out of accelerator memory
+        ends it early (its shapes are dropped) and is logged, not raised: warm-up only saves time."""
+        if self._loop is None:
+            return WarmUp(shapes=0, captures=0, skipped=0, seconds=0.0)
+        with self._lock:
+            self._check_and_load([name for adapters, _ in batches for name in adapters])
+            try:
+                done = self._loop.warm_up(batches, max_length=max_length)
+            except torch.cuda.OutOfMemoryError as exc:
+                self._loop.clear()  # what did fit may crowd serving: requests make their shapes on demand
+                failure = (str(exc).splitlines() or [""])[0]
+                logger.warning("decode loop warm-up: out of accelerator memory, stopped (%s)", failure)
+                return WarmUp(shapes=0, captures=0, skipped=0, seconds=0.0)
+            finally:
+                if self._stacked is not None:
+                    self._stacked.clear_rows()
+        logger.info(
+            "decode loop warm-up: %d shapes (%d CUDA graphs captured) up to %d tokens in %.1f s%s",
+            done.shapes,
+            done.captures,
+            max_length,
+            done.seconds,
+            f"; {done.skipped} left out, over the shape cache's bytes" if done.skipped else "",
+        )
+        return done
+
+    def _check_and_load(self, adapters: Sequence[str | None]) -> None:
+        """Refuse names not served; make the served ones named resident (the caller holds the lock)."""
+        for name in adapters:
+            if name is not None and name not in self._adapters and name not in self._attached:
+                raise UnknownAdapterError(
+                    f"unknown adapter {name!r}; loaded: {', '.join(self.adapter_names) or 'none'}"
+                )
+        self._make_resident([a for a in adapters if a is not None and a in self._adapters], self._adapters)
 
     def _generate_split(self, kwargs: dict[str, Any], *, beams: bool) -> tuple[list[str], list[float], int]:
         """Texts, scores and generated-token count of the batch in `kwargs`; on CUDA out-of-memory free the

@@ -7,7 +7,9 @@ and scores it by its mean log-probability, as the generator scores `generate`'s 
 hypothesis at EOS and, with `LineEnds`, at the end of the answer's first non-empty line, tracking per row
 whether that line has had text yet (vocabulary-sized lookups, no re-scan of the generated tokens). Each
 `choose` returns the next tokens (and, for beams, the cache row each continues) as device tensors and keeps a
-device flag `halted`; running the model is `models.decode_loop`'s job.
+device flag `halted`; running the model is `models.decode_loop`'s job. Both searches take `real`: the rows (or
+prompts) past it only pad the batch to a bucketed shape; they never count towards `halted` and `result` leaves
+them out, so whatever they hold (even NaN) cannot change the real rows' outputs.
 """
 
 from __future__ import annotations
@@ -57,14 +59,14 @@ class Stops:
 
 
 class Greedy:
-    """One output per row: the argmax, kept up to the row's first stop."""
+    """One output per row: the argmax, kept up to the row's first stop; rows from `real` on are padding."""
 
-    def __init__(self, rows: int, max_new: int, stops: Stops, device: Any) -> None:
-        self.stops = stops
+    def __init__(self, rows: int, max_new: int, stops: Stops, device: Any, real: int | None = None) -> None:
+        self.stops, self.real = stops, rows if real is None else real
         self.tokens = torch.zeros(rows, max_new, dtype=torch.long, device=device)
         self.total = torch.zeros(rows, device=device)
         self.lengths = torch.zeros(rows, dtype=torch.long, device=device)
-        self.live = torch.ones(rows, dtype=torch.bool, device=device)
+        self.live = torch.arange(rows, device=device) < self.real  # padding rows are never live
         self.seen = torch.zeros(rows, dtype=torch.bool, device=device)
         self.halted = torch.zeros((), dtype=torch.bool, device=device)
 
@@ -80,17 +82,29 @@ class Greedy:
         return token, None
 
     def result(self, n: int) -> Decoded:
-        return _decoded(self.tokens, self.lengths, self.total / self.lengths.clamp(min=1))
+        real = slice(0, self.real)
+        return _decoded(self.tokens[real], self.lengths[real], (self.total / self.lengths.clamp(min=1))[real])
 
 
 class BeamSearch:
     """transformers 5.17 `_beam_search` (no sampling, length_penalty 1, early_stopping False) for B prompts x
     k beams: per step one topk over k x vocab keeps `keep` candidates, the best k not stopped run on, the
-    stopped among the first k compete for the prompt's k finished slots."""
+    stopped among the first k compete for the prompt's k finished slots. Prompts from `real` on are padding:
+    closed from the start, so they never finish a hypothesis nor keep the search running."""
 
-    def __init__(self, prompts: int, beams: int, keep: int, max_new: int, stops: Stops, device: Any) -> None:
+    def __init__(
+        self,
+        prompts: int,
+        beams: int,
+        keep: int,
+        max_new: int,
+        stops: Stops,
+        device: Any,
+        real: int | None = None,
+    ) -> None:
         b, k, t = prompts, beams, max_new
         self.k, self.keep, self.max_new, self.stops = k, keep, max_new, stops
+        self.real = b if real is None else real
         self.running_scores = torch.zeros(b, k, device=device)
         self.running_scores[:, 1:] = NEG  # the first step expands beam 0 only (all beams are the same prompt)
         self.running_tokens = torch.zeros(b, k, t, dtype=torch.long, device=device)
@@ -99,7 +113,7 @@ class BeamSearch:
         self.tokens = torch.zeros(b, k, t, dtype=torch.long, device=device)
         self.lengths = torch.zeros(b, k, dtype=torch.long, device=device)
         self.finished = torch.zeros(b, k, dtype=torch.bool, device=device)
-        self.open = torch.ones(b, 1, dtype=torch.bool, device=device)  # can the prompt still improve?
+        self.open = (torch.arange(b, device=device) < self.real)[:, None]  # can the prompt still improve?
         self.halted = torch.zeros((), dtype=torch.bool, device=device)  # where transformers' loop ends
         self.top = torch.arange(keep, device=device) < k
         self.offsets = torch.arange(b, device=device)[:, None] * k
@@ -141,11 +155,14 @@ class BeamSearch:
         best = self.running_scores[:, :1] / float((t + 1) ** LENGTH_PENALTY)
         worst = torch.where(self.finished, self.scores.min(dim=1, keepdim=True).values, NEG)
         self.open = self.open & (best > worst).any(dim=-1, keepdim=True)
-        self.halted = self.halted | ~self.open.any() | hits.all()
+        self.halted = self.halted | ~self.open.any() | hits[: self.real].all()
 
     def result(self, n: int) -> Decoded:
+        real = slice(0, self.real)
         return _decoded(
-            self.tokens[:, :n].flatten(0, 1), self.lengths[:, :n].flatten(), self.scores[:, :n].flatten()
+            self.tokens[real, :n].flatten(0, 1),
+            self.lengths[real, :n].flatten(),
+            self.scores[real, :n].flatten(),
         )
 
 

@@ -1,6 +1,6 @@
 """Injected faults: CUDA out-of-memory, clients that disconnect, SIGTERM during a batch job.
 
-OOM is injected into the model's `generate` (as CUDA would raise it) inside the TestClient app. Disconnects
+OOM is injected into the model's forward (as CUDA would raise it) inside the TestClient app. Disconnects
 need real sockets: a uvicorn server runs in a thread of this process (so the test can see which work ran).
 SIGTERM needs a real process: `qa-serve` is started, signalled mid-job, and started again on the same jobs
 folder. The table of faults in docs/reliability.md lists these.
@@ -42,19 +42,23 @@ def app_client(tiny_settings: ServiceSettings, tmp_path_factory) -> Iterator[Tes
 
 
 def inject_oom(monkeypatch, client: TestClient, *, max_rows: int | None = None, poison: str | None = None):
-    """CUDA OOM for batches past `max_rows` rows, or for any batch holding a prompt with `poison` in it."""
-    generator = client.app.state.service.engine().generator
-    real, sizes = generator.model.generate, []
+    """CUDA OOM for forwards past `max_rows` rows, or for a prompt batch with `poison` in it.
 
-    def generate(**kwargs):
+    Injected into the model's forward, which both decoders call (`generate` and the decode loop); returns the
+    row counts of the prompt forwards (prefills), in order."""
+    generator = client.app.state.service.engine().generator
+    real, sizes = generator.model.forward, []
+
+    def forward(*args, **kwargs):
         ids = kwargs["input_ids"]
-        sizes.append(ids.shape[0])
+        if ids.shape[1] > 1:
+            sizes.append(ids.shape[0])
         too_big = max_rows is not None and ids.shape[0] > max_rows
         if too_big or (poison and any(poison in t for t in generator.tokenizer.batch_decode(ids))):
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (injected)")
-        return real(**kwargs)
+        return real(*args, **kwargs)
 
-    monkeypatch.setattr(generator.model, "generate", generate)
+    monkeypatch.setattr(generator.model, "forward", forward)
     return sizes
 
 

@@ -12,6 +12,8 @@ import types
 import pytest
 import torch
 
+from models.decode_loop import bucket
+from models.errors import UnknownAdapterError
 from models.folders import read_base_info
 from models.generator import Generator
 from models.loading import LoadConfig, load_base
@@ -217,3 +219,95 @@ def test_loop_on_a_4bit_base(tiny_model_dir, tiny_adapters_dir) -> None:
     assert [[t for t, _ in c] for c in got] == [[t for t, _ in c] for c in want]
     for g, w in zip(got, want, strict=True):  # 4-bit matmuls round differently for B and B x beams rows
         assert [s for _, s in g] == pytest.approx([s for _, s in w], abs=1e-3)
+
+
+def test_the_ladder_of_buckets() -> None:
+    assert [bucket(n) for n in range(1, 14)] == [1, 2, 3, 4, 6, 6, 8, 8, 12, 12, 12, 12, 16]
+    assert [bucket(n, 256) for n in (1, 256, 257, 384, 385, 1100, 4120)] == [
+        256,
+        256,
+        384,
+        384,
+        512,
+        1536,
+        6144,
+    ]
+
+
+@pytest.mark.parametrize("prompts", [5, 7])
+@pytest.mark.parametrize(("beams", "n"), [(1, 1), (3, 2)])
+def test_padding_rows_never_change_results(tiny_model_dir, tiny_adapters_dir, prompts, beams, n) -> None:
+    """5 and 7 prompts decode in states of 6 and 8 (padding rows copy prompt 0 under no adapter), with stops
+    common enough that the padding's own stops would show if they counted."""
+    hf = _generator(tiny_model_dir, tiny_adapters_dir)
+    bias = stop_heavy(hf.tokenizer, hf.model.config.vocab_size)
+    hf = _generator(tiny_model_dir, tiny_adapters_dir, bias)
+    loop = _generator(tiny_model_dir, tiny_adapters_dir, bias, decoder="loop")
+    rows, adapters = (PROMPTS * 2)[:prompts], ([None, *ADAPTERS[1:], *ADAPTERS])[:prompts]  # row 0: no LoRA
+    decoding = dict(DECODE, num_beams=beams, num_return_sequences=n, max_new_tokens=10)
+    want = hf.generate(rows, adapters, **decoding)
+    got = loop.generate(rows, adapters, **decoding)
+    assert len(got) == prompts and all(len(c) == n for c in got)
+    assert_same(got, want)
+    [(state_rows, *_)] = loop._loop._states
+    assert state_rows == bucket(prompts) * beams
+
+
+@pytest.mark.parametrize("garbage", ["nan", "never stops"])
+def test_padding_rows_stay_out_of_the_search(garbage) -> None:
+    """Whatever padding rows hold (NaN, or a text token forever), the real rows stop when they would alone
+    and their results are the same."""
+    stops, ids = _search_tables()
+    pad = torch.full((8, 5), float("nan")) if garbage == "nan" else log_probs(8, a=9.0)
+    steps = [log_probs(2, a=5.0, b=4.0), log_probs(2, eos=6.0), log_probs(2)]
+    steps[0][1] = log_probs(1, eos=5.0)[0]  # greedy: row 1 ends at once, row 0 a step later
+    alone, padded = Greedy(2, 3, stops, "cpu"), Greedy(5, 3, stops, "cpu", real=2)
+    for t, step in enumerate(steps):
+        alone.choose(t, step, no_eos=False)
+        padded.choose(t, torch.cat((step, pad[:3])), no_eos=False)
+        assert bool(padded.halted) == bool(alone.halted)
+    assert bool(alone.halted) and padded.result(1) == alone.result(1)
+    alone, padded = BeamSearch(1, 2, 4, 3, stops, "cpu"), BeamSearch(3, 2, 4, 3, stops, "cpu", real=1)
+    for t, step in enumerate(steps):  # beams: two finish at t=1, the prompt can no longer improve
+        alone.choose(t, step, no_eos=False)
+        padded.choose(t, torch.cat((step, pad[:4])), no_eos=False)
+        assert bool(padded.halted) == bool(alone.halted)
+    assert bool(alone.halted) and padded.result(2) == alone.result(2)
+
+
+def test_lengths_and_row_counts_of_a_bucket_share_a_state(tiny_model_dir, tiny_adapters_dir) -> None:
+    loop = _generator(tiny_model_dir, tiny_adapters_dir, decoder="loop")
+    beams = dict(DECODE, num_beams=3, num_return_sequences=1, max_new_tokens=4)
+    loop.generate([SHORT] * 5, ADAPTERS + ["alpha"], **beams)
+    loop.generate(
+        [LONG] * 6, (ADAPTERS * 2)[:6], **beams
+    )  # another prompt length, another row count, one bucket
+    assert list(loop._loop._states) == [(18, 256, True, True)]
+    loop.generate([SHORT] * 7, [None] * 7, **beams)  # rows of the next bucket, without LoRA
+    assert list(loop._loop._states)[1:] == [(24, 256, True, False)]
+
+
+def test_warm_up_makes_the_shapes_requests_use(tiny_model_dir, tiny_adapters_dir) -> None:
+    gen = _generator(tiny_model_dir, tiny_adapters_dir, decoder="loop")
+    plan = (("alpha", "alpha", "beta", "beta", "gamma", "gamma"), 3)
+    done = gen.warm_up([plan, (("alpha",), 1)], max_length=400)
+    assert (done.shapes, done.captures, done.skipped) == (6, 0, 0)  # 2 batches x lengths 256, 384, 512
+    assert set(gen._loop._states) == {
+        (rows, length, beams, True) for rows, beams in ((18, True), (1, False)) for length in (256, 384, 512)
+    }
+    assert gen._stacked.rows.mask is None  # no row mask left for the next forward
+    beams = dict(DECODE, num_beams=3, num_return_sequences=3, max_new_tokens=6)
+    gen.generate([LONG, SHORT] * 3, list(plan[0]), **beams)
+    gen.generate([LONG], ["alpha"], **dict(beams, num_beams=1, num_return_sequences=1))
+    assert len(gen._loop._states) == 6  # the requests met warm shapes
+    with pytest.raises(UnknownAdapterError):
+        gen.warm_up([(("delta",), 1)], max_length=100)
+
+
+def test_warm_up_stays_within_the_shape_cache(tiny_model_dir, tiny_adapters_dir) -> None:
+    gen = _generator(tiny_model_dir, tiny_adapters_dir, decoder="loop")
+    gen._loop.cache_bytes = 1 << 20
+    done = gen.warm_up([((None,) * 6, 3), ((None,), 1)], max_length=8192)
+    assert done.skipped > 0 and done.shapes == len(gen._loop._states)  # nothing made was pushed out
+    assert sum(s.nbytes for s in gen._loop._states.values()) <= gen._loop.cache_bytes
+    assert Generator(gen.model, gen.tokenizer, lora_backend="stacked").warm_up([], max_length=1).shapes == 0

@@ -56,7 +56,8 @@ def test_sampling_on_cuda(cuda_generator):
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_decode_loop_with_cuda_graphs(tiny_model_dir, tiny_adapters_dir, quantization):
     """The loop replaying CUDA graphs gives the candidates of the loop stepping eagerly (in fp32, also those
-    of generate); each shape is captured once."""
+    of generate), padding rows included (5 prompts decode as 6); each shape is captured once, and a warm-up
+    captures the shapes a later request meets."""
     dtype = "float32" if quantization == "none" else "bfloat16"
     base = read_base_info(tiny_model_dir)
     gens = {}
@@ -68,7 +69,8 @@ def test_decode_loop_with_cuda_graphs(tiny_model_dir, tiny_adapters_dir, quantiz
         )
         for spec in registry:
             gens[name].load_adapter(spec)
-    prompts, adapters = [PROMPT, "짧은 질문?", PROMPT], ["alpha", None, "gamma"]
+    prompts = [PROMPT, "짧은 질문?", PROMPT, "짧은 질문?", PROMPT]
+    adapters = ["alpha", None, "gamma", "beta", None]
     for decoding in (
         dict(DECODE, num_beams=1, num_return_sequences=1),
         dict(DECODE, num_beams=3, num_return_sequences=2),
@@ -84,3 +86,8 @@ def test_decode_loop_with_cuda_graphs(tiny_model_dir, tiny_adapters_dir, quantiz
     assert captured == 2 and loop.cuda_graphs  # greedy and beams: one shape each
     gens["graphs"].generate(prompts, adapters, **dict(DECODE, num_beams=3, num_return_sequences=2))
     assert loop.captures == captured  # the same shape replays its graph
+    done = gens["graphs"].warm_up([(tuple(adapters), 3), (("alpha",), 1)], max_length=600)
+    assert done.shapes == done.captures == loop.captures - captured > 0  # each new shape captured
+    captured = loop.captures
+    gens["graphs"].generate([PROMPT], ["alpha"], **dict(DECODE, num_beams=1, num_return_sequences=1))
+    assert loop.captures == captured  # a warm shape
