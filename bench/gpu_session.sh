@@ -7,6 +7,7 @@
 #   bash bench/gpu_session.sh start            carry .gpu-site .gpu-meta .gpu-data: unpack, start the background
 #   bash bench/gpu_session.sh meta             carry .gpu-meta .gpu-data when they did not fit with .gpu-site
 #   bash bench/gpu_session.sh speed            issue 5's runs on random weights, in the background
+#   bash bench/gpu_session.sh latency          /answer at concurrency 1, decode loop vs generate (background)
 #   bash bench/gpu_session.sh part N           carry .gpu-partN: one part of the base GGUF into /tmp/parts
 #   bash bench/gpu_session.sh status           what the background runs printed last
 #   bash bench/gpu_session.sh collect          copy the background results to $OUT
@@ -72,6 +73,19 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
     python3 -m bench.serving_speed --random-init .gpu-meta --data "$data" --variants 4bit,bf16 \
       --generator-kwargs '{}' --generator-kwargs '{"decoder": "loop"}' --out "$RES/serving_speed"
     echo "speed finished"
+    ;;
+  latency)  # /answer at concurrency 1 with the default decoder (loop, warmed up) and with generate, side by side
+    (cd /tmp/src && rm -rf app engine models ensemble bench && cp -r "$OLDPWD"/{app,engine,models,ensemble,bench} . \
+      && setsid nohup bash bench/gpu_session.sh latency-runs >"$RES/latency.log" 2>&1 &)
+    sleep 2; tail -3 "$RES/latency.log"
+    ;;
+  latency-runs)
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    for dec in loop hf; do
+      python3 -m bench.http_latency --random-init .gpu-meta --data .gpu-data/KorQuAD_v1.0_dev.json \
+        --quantization 4bit --new-tokens 12 --concurrency 1 --questions 32 --requests 24 --warmup 4 \
+        --server-env QA_DECODER=$dec --out "$RES/latency-$dec" && echo "latency $dec done"
+    done
     ;;
   part)
     mkdir -p /tmp/parts && cp ".gpu-part$2/part" "/tmp/parts/$(printf %03d "$2")" && ls /tmp/parts | wc -l
