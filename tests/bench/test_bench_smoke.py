@@ -184,3 +184,14 @@ def test_http_latency_smoke_with_the_decode_loop(
     assert report["server"]["env"]["QA_DECODER"] == "loop"
     [cell] = report["cells"]
     assert cell["ok"] == cell["requests"] == 2
+
+
+def test_step_ops_counts_a_step_by_module(tmp_path) -> None:
+    step_ops = importlib.import_module("bench.step_ops")
+    assert step_ops.main(["--smoke", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "step_ops.json").read_text(encoding="utf-8"))
+    per_step = report["per_step"]
+    # tiny-random: 2 layers x 7 projections with the stacked LoRA, 4 operators each (A, mask, B, add)
+    assert per_step["StackedLoraLinear"] == 2 * 7 * 4
+    assert per_step["token choice and loop bookkeeping"] > 0
+    assert report["total"] == pytest.approx(sum(per_step.values()))
