@@ -3,23 +3,22 @@
     python -m bench.step_ops --random-init .gpu-meta [--adapters 1] [--rows 1 --beams 1] [--tokens 8]
     python -m bench.step_ops --smoke     # tiny-random, a few tokens (the CPU test)
 
-On a small model a decode step is bound by the number of kernels it launches, not by bytes (docs/benchmarks.md:
-4.4 ms a step on an H200 against a 0.1 ms bandwidth floor). This counts them without a GPU: the decode loop
-(`Generator(decoder="loop")`, eager, fp32 on the CPU) decodes one batch of a KorQuAD-sized prompt under a
-`TorchDispatchMode` that counts every ATen operator that computes (views, reshapes and other metadata-only
-operators are left out: they launch nothing), once for N new tokens and once for 1; the difference / (N - 1)
-is one step. Each operator is charged to the innermost module running it (RMSNorm, attention, MLP, a stacked
-LoRA linear, ...); operators outside every module are the token choice (`models.search`) and the loop's own
-bookkeeping. On CUDA each counted operator is about one kernel (bitsandbytes' 4-bit matmul is a few), so the
-table says where a step's launches go and what fusing would remove. The weights never matter, so
-`--random-init` (a config.json + tokenizer folder) is enough. Prints a table, writes JSON under
-`bench/results/<date>-step-ops/`.
+On a small model a decode step is bound by the number of kernels it launches, not by bytes
+(docs/benchmarks.md: 4.4 ms a step on an H200 against a 0.1 ms bandwidth floor). This counts them without
+a GPU: the decode loop (`Generator(decoder="loop")`, eager, fp32 on the CPU) decodes one batch of a
+KorQuAD-sized prompt under a `TorchDispatchMode` that counts every ATen operator that computes (views,
+reshapes and other metadata-only operators are left out: they launch nothing), once for N new tokens and
+once for 1; the difference / (N - 1) is one step. Each operator is charged to the innermost module running
+it (RMSNorm, attention, MLP, a stacked LoRA linear, ...); operators outside every module are the token
+choice (`models.search`) and the loop's own bookkeeping. On CUDA each counted operator is about one kernel
+(bitsandbytes' 4-bit matmul is a few), so the table says where a step's launches go and what fusing would
+remove. The weights never matter, so `--random-init` (a config.json + tokenizer folder) is enough. Prints a
+table, writes JSON under `bench/results/<date>-step-ops/`.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -64,6 +63,8 @@ METADATA_ONLY = {
     "split_with_sizes",
     "chunk",
     "narrow",
+    "flatten",
+    "unflatten",
     "_reshape_alias",
     "view_as",
     "expand_as",
@@ -164,7 +165,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         base = resolve_base(args.model, args.random_init, Path(scratch), args.cache_dir)
-        model, tokenizer = load_base(base.path, LoadConfig(device="cpu", quantization="none", dtype="float32"))
+        model, tokenizer = load_base(
+            base.path, LoadConfig(device="cpu", quantization="none", dtype="float32")
+        )
         gen = Generator(model, tokenizer, stop_at_newline=False, decoder="loop")
         names = [f"a{i}" for i in range(args.adapters)]
         for spec in make_lora_adapters(base, Path(scratch) / "adapters", names, r=8, alpha=16):
@@ -185,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         f"operators per decode step: {args.rows} row(s) x {args.beams} beam(s), {args.adapters} adapter(s) "
         "resident, the decode loop (eager, CPU, fp32); views and other metadata-only operators not counted"
     )
-    print(f"{title}\n\n{table}")
+    sys.stdout.write(f"{title}\n\n{table}\n")
     out = args.out or default_out("step-ops")
     report = {
         **environment("cpu"),

@@ -9,10 +9,15 @@ in) as [out, sum r], and a per-row mask over the stacked rank says which adapter
     y = base(x) + ((x @ A^T) * mask[row]) @ B^T
 
 Two matmuls and a multiply per layer whatever the number of adapters (they add rank, not kernels), static
-shapes, no data-dependent Python: a base row has an all-zero mask. The mask is set once per `generate` call
-for its rows (beams repeat their row's mask) and read by every layer through one shared `RowMask` holder. It
-lives in one persistent buffer per row count, and `version` changes whenever the stacks are rebuilt, so a
-CUDA graph that captured a forward (`models.decode_loop`) knows which tensor addresses it may still replay.
+shapes, no data-dependent Python: a base row has an all-zero mask. A small model's decode step costs about
+one kernel launch per operator (`bench/step_ops.py`), so the operators are few: the add is folded into the B
+matmul (`addmm`), and projections that read the same input (q/k/v of an attention, gate/up of an MLP) share
+one A matmul and one mask multiply (`SharedInput`): 15 operators a layer instead of 28.
+
+The mask is set once per `generate` call for its rows (beams repeat their row's mask) and read by every layer
+through one shared `RowMask` holder. It lives in one persistent buffer per row count, and `version` changes
+whenever the stacks are rebuilt, so a CUDA graph that captured a forward (`models.decode_loop`) knows which
+tensor addresses it may still replay.
 
 `StackedLora` loads adapters saved by peft (`adapter_model.safetensors` + `adapter_config.json`, plain
 LoRA: no DoRA, no bias, no rank or alpha patterns; those are refused with `AdapterError`), wraps the target
@@ -91,14 +96,57 @@ class RowMask:
         self.mask: torch.Tensor | None = None
 
 
+SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+"""Sibling projections (same parent module) that read the same input tensor: their A matmuls are one."""
+
+
+class SharedInput:
+    """The A side of sibling projections that read one input: a single `x @ A^T` and mask multiply for all.
+
+    The first member called with an input computes every member's masked `x @ A^T` ([..., members, rank]); the
+    others, called with that same tensor object, take their slice. Any other input is computed afresh, so the
+    result never depends on call order; the reference is dropped once every member has taken its slice.
+    """
+
+    def __init__(self, rows: RowMask) -> None:
+        self.rows = rows
+        self.members: list[StackedLoraLinear] = []
+        self.lora_a: torch.Tensor | None = None  # [members x sum r, in]; each member's A is a view into it
+        self._x: torch.Tensor | None = None
+        self._h: torch.Tensor | None = None
+        self._left = 0
+
+    def project(self, x: torch.Tensor, member: StackedLoraLinear, mask: torch.Tensor) -> torch.Tensor:
+        """`member`'s masked `x @ A^T` as a [tokens, sum r] view."""
+        if self._x is not x or self._h is None:
+            h = F.linear(x.to(self.lora_a.dtype), self.lora_a)  # [..., members x sum r]
+            h = h.view(*h.shape[:-1], len(self.members), mask.shape[1])
+            self._h = h * mask.view(mask.shape[0], *([1] * (h.dim() - 3)), 1, mask.shape[1])
+            self._x, self._left = x, len(self.members)
+        h = self._h[..., self.members.index(member), :].flatten(0, -2)
+        self._left -= 1
+        if self._left <= 0:
+            self.forget()
+        return h
+
+    def forget(self) -> None:
+        """Drop the kept input and its product (every member served, or the stacks rebuilt)."""
+        self._x = self._h = None
+
+
 class StackedLoraLinear(nn.Module):
     """A base linear layer (plain or 4-bit) plus the stacked LoRA of every resident adapter."""
 
-    def __init__(self, base_layer: nn.Module, rows: RowMask) -> None:
+    def __init__(self, base_layer: nn.Module, rows: RowMask, path: str = "") -> None:
         super().__init__()
         self.base_layer = base_layer
         self.rows = rows
-        self.lora_a: torch.Tensor | None = None  # [sum r, in]
+        self.path = path
+        self.shared = SharedInput(
+            rows
+        )  # replaced by the siblings' shared one when it has any (`StackedLora`)
+        self.shared.members.append(self)
+        self.lora_a: torch.Tensor | None = None  # [sum r, in], a view into `shared.lora_a`
         self.lora_b: torch.Tensor | None = None  # [out, sum r], scaling folded in
 
     @property
@@ -114,9 +162,9 @@ class StackedLoraLinear(nn.Module):
         mask = self.rows.mask
         if self.lora_a is None or mask is None:
             return out
-        h = F.linear(x.to(self.lora_a.dtype), self.lora_a)  # [rows, seq, sum r]
-        h = h * mask.view(mask.shape[0], *([1] * (h.dim() - 2)), mask.shape[1])
-        return out + F.linear(h, self.lora_b).to(out.dtype)
+        h = self.shared.project(x, self, mask)  # [tokens, sum r]
+        flat = out.reshape(-1, out.shape[-1])
+        return torch.addmm(flat, h.to(out.dtype), self.lora_b.t().to(out.dtype)).view(out.shape)
 
 
 class StackedLora:
@@ -197,9 +245,19 @@ class StackedLora:
         if not hasattr(layer, "in_features"):
             raise AdapterError(f"LoRA target {path} is not a linear layer")
         parent_path, _, child = path.rpartition(".")
-        wrapped = StackedLoraLinear(layer, self.rows)
+        wrapped = StackedLoraLinear(layer, self.rows, path)
         setattr(self.model.get_submodule(parent_path) if parent_path else self.model, child, wrapped)
         self._layers[path] = wrapped
+        for group in SHARED_INPUTS:
+            if child not in group:
+                continue
+            siblings = [f"{parent_path}.{name}" if parent_path else name for name in group if name != child]
+            wrapped_sibling = next((self._layers[p] for p in siblings if p in self._layers), None)
+            if (
+                wrapped_sibling is not None
+            ):  # join the siblings' shared A (same input features by construction)
+                wrapped.shared = wrapped_sibling.shared
+                wrapped.shared.members.append(wrapped)
 
     def _rebuild(self) -> None:
         """Stack every resident adapter's A and scaled B per layer, in resident order (zeros where absent)."""
@@ -210,22 +268,32 @@ class StackedLora:
             self._offsets[name] = (start, start + weights.rank)
             start += weights.rank
         dtype = self._stack_dtype()
-        for path, layer in self._layers.items():
+        shared = {id(layer.shared): layer.shared for layer in self._layers.values()}
+        for group in shared.values():
             if not self._adapters:
-                layer.lora_a = layer.lora_b = None
+                group.lora_a = None
+                for layer in group.members:
+                    layer.lora_a = layer.lora_b = None
                 continue
-            device = _device_of(layer.base_layer)
-            a_parts, b_parts = [], []
-            for weights in self._adapters.values():
-                pair = weights.modules.get(path)
-                if pair is None:
-                    a_parts.append(torch.zeros(weights.rank, layer.in_features))
-                    b_parts.append(torch.zeros(layer.out_features, weights.rank))
-                else:
-                    a_parts.append(pair[0].float())
-                    b_parts.append(pair[1].float() * weights.scaling)
-            layer.lora_a = torch.cat(a_parts, dim=0).to(device=device, dtype=dtype)
-            layer.lora_b = torch.cat(b_parts, dim=1).to(device=device, dtype=dtype)
+            device = _device_of(group.members[0].base_layer)
+            a_stacks = []
+            for layer in group.members:
+                a_parts, b_parts = [], []
+                for weights in self._adapters.values():
+                    pair = weights.modules.get(layer.path)
+                    if pair is None:
+                        a_parts.append(torch.zeros(weights.rank, layer.in_features))
+                        b_parts.append(torch.zeros(layer.out_features, weights.rank))
+                    else:
+                        a_parts.append(pair[0].float())
+                        b_parts.append(pair[1].float() * weights.scaling)
+                a_stacks.append(torch.cat(a_parts, dim=0))
+                layer.lora_b = torch.cat(b_parts, dim=1).to(device=device, dtype=dtype)
+            group.lora_a = torch.cat(a_stacks, dim=0).to(device=device, dtype=dtype)
+            rank = start
+            for i, layer in enumerate(group.members):
+                layer.lora_a = group.lora_a[i * rank : (i + 1) * rank]  # a view: no second copy
+            group.forget()
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -62,3 +62,42 @@ def test_unloading_every_adapter_gives_the_base_back(tiny_model_dir, tiny_adapte
     assert gen.generate([PROMPT], [None], **GREEDY) == base_only
     layer = gen.model.model.layers[0].self_attn.q_proj
     assert layer.lora_a is None and isinstance(layer.base_layer, torch.nn.Linear)
+
+
+def test_siblings_share_one_a_matmul_and_each_projection_stays_exact(
+    tiny_model_dir, tiny_adapters_dir
+) -> None:
+    model, tokenizer = load_base(tiny_model_dir, LoadConfig(device="cpu", quantization="none"))
+    gen = Generator(model, tokenizer)
+    for name in ("alpha", "beta"):
+        gen.load_adapter(read_lora_spec(tiny_model_dir, tiny_adapters_dir, name))
+    attn, mlp = gen.model.model.layers[0].self_attn, gen.model.model.layers[0].mlp
+    q, k, v, o = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj  # the tiny adapters target all of them
+    assert q.shared is k.shared is v.shared and mlp.gate_proj.shared is mlp.up_proj.shared
+    assert o.shared is not q.shared and len(o.shared.members) == 1
+    assert k.lora_a.untyped_storage().data_ptr() == q.shared.lora_a.untyped_storage().data_ptr()  # views
+    stacked = gen._stacked
+    stacked.set_rows(["alpha", None, "beta"])
+    try:
+        x = torch.randn(3, 5, q.in_features)
+        mask = stacked.rows.mask[:, None, :]
+        for layer in (v, q, k):  # each with an input of its own: computed afresh, in any order
+            alone = x.clone()
+            expected = layer.base_layer(alone) + ((alone @ layer.lora_a.T) * mask) @ layer.lora_b.T
+            torch.testing.assert_close(layer(alone), expected)
+        together = [q(x), k(x), v(x)]  # as attention calls them, one input: one A matmul, then slices
+        for layer, got in zip((q, k, v), together, strict=True):
+            torch.testing.assert_close(
+                got, layer.base_layer(x) + ((x @ layer.lora_a.T) * mask) @ layer.lora_b.T
+            )
+        assert q.shared._x is None  # every member took its slice: no reference kept
+    finally:
+        stacked.clear_rows()
+
+
+def read_lora_spec(tiny_model_dir, tiny_adapters_dir, name):
+    info = read_base_info(tiny_model_dir)
+    registry = AdapterRegistry.from_dir(
+        tiny_adapters_dir, base_key=info.key, base_fingerprint=info.fingerprint
+    )
+    return registry.get(name)
