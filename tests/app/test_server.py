@@ -36,7 +36,7 @@ CONTEXT = (
 @pytest.mark.real_model
 def test_default_base_answers_korean_with_a_context_span(serve):
     # No QA_MODEL: the default base and the embedded adapters, exactly what `make serve` starts. The generous
-    # request timeout is for a slow, busy CPU (12 candidates of a 0.5B model in fp32), not a product default.
+    # request timeout is for a slow, busy CPU (18 candidates of a 0.5B model in fp32), not a product default.
     with serve({"QA_REQUEST_TIMEOUT_S": "600"}, ready_within=900, timeout=300) as server:
         client = server.client
         response = client.post(
