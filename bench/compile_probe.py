@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.measure import sync
+from bench.measure import forced_decode, sync
 from bench.workload import (
     default_cache_dir,
     default_out,
@@ -66,35 +66,13 @@ def _generator(base: Any, spec: Any, variant: str, device: str, kwargs: dict[str
     return gen
 
 
-def _decode(gen: Any, prompt: Any, batch: tuple[int, int], tokens: int) -> None:
-    """`rows` copies of the prompt (each with `beams` beams) making exactly `tokens` tokens each."""
-    rows, beams = batch
-    config = gen.model.generation_config
-    previous, config.min_new_tokens = config.min_new_tokens, tokens
-    try:
-        gen.generate(
-            [prompt] * rows,
-            ["probe"] * rows,
-            max_new_tokens=tokens,
-            num_beams=beams,
-            num_return_sequences=beams,
-            do_sample=False,
-            temperature=1.0,
-            top_k=50,
-            top_p=1.0,
-            seed=None,
-        )
-    finally:
-        config.min_new_tokens = previous
-
-
 def _ms_per_token(
     gen: Any, prompt: Any, batch: tuple[int, int], tokens: int, repeats: int, device: str
 ) -> float:
     def run(n: int) -> float:
         sync(device)
         started = time.perf_counter()
-        _decode(gen, prompt, batch, n)
+        forced_decode(gen, [prompt] * batch[0], ["probe"] * batch[0], n, beams=batch[1])
         sync(device)
         return time.perf_counter() - started
 
@@ -147,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                 for batch in batches:
                     sync(args.device)
                     started = time.perf_counter()
-                    _decode(gen, prompt, batch, args.tokens)
+                    forced_decode(gen, [prompt] * batch[0], ["probe"] * batch[0], args.tokens, beams=batch[1])
                     sync(args.device)
                     first_s = time.perf_counter() - started
                     ms = _ms_per_token(gen, prompt, batch, args.tokens, args.repeats, args.device)

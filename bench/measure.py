@@ -161,23 +161,25 @@ def pipeline_run(pipeline: EnsemblePipeline, questions: Sequence[QAExample], chu
     return sum(len(vote.candidates) for vote in votes)
 
 
-def greedy_row(
+def forced_decode(
     generator: Any,
-    generation_config: Any,
-    prompt: str | list[dict[str, str]],
-    adapter: str | None,
+    prompts: Sequence[str | list[dict[str, str]]],
+    adapters: Sequence[str | None],
     tokens: int,
+    *,
+    beams: int = 1,
 ) -> None:
-    """One greedy row of exactly `tokens` new tokens through the service's generator (EOS masked)."""
-    previous = generation_config.min_new_tokens
-    generation_config.min_new_tokens = tokens
+    """One batch through the service's generator (one row per prompt, `beams` beams and outputs each), every
+    output exactly `tokens` new tokens long (EOS masked until then), so that runs compare like with like."""
+    config = generator.model.generation_config
+    previous, config.min_new_tokens = config.min_new_tokens, tokens
     try:
         generator.generate(
-            [prompt],
-            [adapter],
+            list(prompts),
+            list(adapters),
             max_new_tokens=tokens,
-            num_beams=1,
-            num_return_sequences=1,
+            num_beams=beams,
+            num_return_sequences=beams,
             do_sample=False,
             temperature=1.0,
             top_k=50,
@@ -185,4 +187,4 @@ def greedy_row(
             seed=None,
         )
     finally:
-        generation_config.min_new_tokens = previous
+        config.min_new_tokens = previous

@@ -18,7 +18,7 @@ from typing import Any
 from bench.measure import (
     allocated,
     card_bandwidth,
-    greedy_row,
+    forced_decode,
     kv_bytes_per_token,
     naive_loop,
     pipeline_run,
@@ -136,8 +136,7 @@ def run_service(
     from models.generator import Generator
 
     model, tokenizer, load_s = _load(base, variant, cfg.device)
-    generation_config = model.generation_config
-    generation_config.min_new_tokens = cfg.new_tokens  # fixed lengths: EOS is masked until the last token
+    model.generation_config.min_new_tokens = cfg.new_tokens  # fixed lengths: EOS masked until the last token
     generator = Generator(model, tokenizer, **{"stop_at_newline": False, **generator_kwargs})
     bandwidth = card_bandwidth(cfg.device, cfg.bandwidth_gbs)
     first = questions[0]
@@ -147,7 +146,7 @@ def run_service(
 
     def decode(adapter: str | None, label: str, extra_bytes: int) -> dict[str, Any]:
         short, long = (
-            _seconds(lambda t=tokens: greedy_row(generator, generation_config, probe, adapter, t), cfg)
+            _seconds(lambda t=tokens: forced_decode(generator, [probe], [adapter], t), cfg)
             for tokens in (1, cfg.decode_tokens)
         )
         one_token = median(short) or 0.0

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from bench.measure import forced_decode
 from bench.workload import (
     default_cache_dir,
     default_out,
@@ -121,24 +122,10 @@ def count_ops(gen: Any, prompt: Any, adapters: list[str | None], beams: int, tok
     """Operators of one batch decoding exactly `tokens` new tokens (EOS masked), by module."""
     stack: list[str] = []
     handles = _attach_module_names(gen.model, stack)
-    config = gen.model.generation_config
-    previous, config.min_new_tokens = config.min_new_tokens, tokens
     try:
         with _Counter(stack) as counter:
-            gen.generate(
-                [prompt] * len(adapters),
-                adapters,
-                max_new_tokens=tokens,
-                num_beams=beams,
-                num_return_sequences=beams,
-                do_sample=False,
-                temperature=1.0,
-                top_k=50,
-                top_p=1.0,
-                seed=None,
-            )
+            forced_decode(gen, [prompt] * len(adapters), adapters, tokens, beams=beams)
     finally:
-        config.min_new_tokens = previous
         for handle in handles:
             handle.remove()
     return counter.counts
