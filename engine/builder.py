@@ -53,7 +53,8 @@ class EngineConfig:
     compile: bool = False
     """Decode over a static KV cache with torch.compile (inductor: CUDA graphs); needs the stacked backend."""
     decoder: Literal["auto", "hf", "loop"] = "hf"
-    """Greedy and beams through `generate` ("hf") or `models.decode_loop` ("loop": stacked backend only)."""
+    """Greedy and beams through `generate` ("hf") or `models.decode_loop` ("loop": stacked backend only);
+    "auto": the loop with the stacked backend, else `generate` (`Generator` decides)."""
     max_resident_adapters: int | None = None
     """Most adapters on the model at once (least recently used out first); None = all of them."""
     pinned_adapters: tuple[str, ...] = ()
@@ -181,13 +182,6 @@ def _check_capacity(config: EngineConfig, names: list[str]) -> None:
         )
 
 
-def resolve_decoder(decoder: str, lora_backend: str) -> Literal["hf", "loop"]:
-    """`auto`: our decode loop where it runs (the stacked LoRA backend), else transformers' `generate`."""
-    if decoder == "auto":
-        return "loop" if lora_backend == "stacked" else "hf"
-    return "loop" if decoder == "loop" else "hf"
-
-
 def build_engine(config: EngineConfig) -> Engine:
     started = time.perf_counter()
     resolved = resolve_model(config.model, config.cache_dir)
@@ -202,7 +196,7 @@ def build_engine(config: EngineConfig) -> Engine:
         pinned_adapters=config.pinned_adapters,
         lora_backend=config.lora_backend,
         compile_backend="inductor" if config.compile else None,
-        decoder=resolve_decoder(config.decoder, config.lora_backend),
+        decoder=config.decoder,
     )
     registry = None
     if config.adapters_dir is not None and not config.preload_adapters:

@@ -60,7 +60,7 @@ class Generator:
         pinned_adapters: Sequence[str] = (),
         lora_backend: Literal["stacked", "peft"] = "stacked",
         compile_backend: str | None = None,
-        decoder: Literal["hf", "loop"] = "hf",
+        decoder: Literal["auto", "hf", "loop"] = "hf",
         cuda_graphs: bool = True,
     ):
         self._model = model
@@ -81,8 +81,10 @@ class Generator:
         if compile_backend is not None and quantizer is not None and not quantizer.is_compileable:
             # transformers then decodes eagerly over the static cache: measured no faster (docs/benchmarks.md)
             logger.warning("compile: %s is not compileable; decoding stays eager", type(quantizer).__name__)
-        if decoder not in ("hf", "loop"):
-            raise ValueError(f"decoder must be 'hf' or 'loop', got {decoder!r}")
+        if decoder not in ("auto", "hf", "loop"):
+            raise ValueError(f"decoder must be 'auto', 'hf' or 'loop', got {decoder!r}")
+        if decoder == "auto":  # our loop where it runs (the stacked backend), else transformers' generate
+            decoder = "loop" if lora_backend == "stacked" else "hf"
         if decoder == "loop" and lora_backend == "peft":
             raise ValueError(
                 "decoder='loop' needs the stacked LoRA backend (peft's mixed batch loops in Python)"

@@ -199,6 +199,15 @@ def test_the_loop_needs_the_stacked_backend(tiny_model_dir, tiny_adapters_dir) -
         Generator(model, tokenizer, decoder="fast")  # type: ignore[arg-type]
 
 
+def test_auto_picks_the_loop_where_it_runs(tiny_model_dir, tiny_adapters_dir) -> None:
+    model, tokenizer = load_base(tiny_model_dir, LoadConfig(device="cpu", quantization="none"))
+    assert Generator(model, tokenizer, decoder="auto").decoder == "loop"
+    model, tokenizer = load_base(tiny_model_dir, LoadConfig(device="cpu", quantization="none"))
+    assert Generator(model, tokenizer, lora_backend="peft", decoder="auto").decoder == "hf"
+    peft = _generator(tiny_model_dir, tiny_adapters_dir, lora_backend="peft")  # a peft model passed in
+    assert Generator(peft.model, peft.tokenizer, decoder="auto").decoder == "hf"
+
+
 def test_loop_on_a_4bit_base(tiny_model_dir, tiny_adapters_dir) -> None:
     pytest.importorskip("bitsandbytes")
     gens = {}
