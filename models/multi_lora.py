@@ -290,9 +290,9 @@ class StackedLora:
                 a_stacks.append(torch.cat(a_parts, dim=0))
                 layer.lora_b = torch.cat(b_parts, dim=1).to(device=device, dtype=dtype)
             group.lora_a = torch.cat(a_stacks, dim=0).to(device=device, dtype=dtype)
-            rank = start
+            total = self._total_rank()
             for i, layer in enumerate(group.members):
-                layer.lora_a = group.lora_a[i * rank : (i + 1) * rank]  # a view: no second copy
+                layer.lora_a = group.lora_a[i * total : (i + 1) * total]  # a view: no second copy
             group.forget()
 
 
