@@ -57,8 +57,10 @@ class ServiceSettings(BaseSettings):
     )
     compile: bool = Field(
         False,
-        description="Decode over a static KV cache with torch.compile (inductor, CUDA graphs) on CUDA; "
-        "prompts are padded to multiples of 64 tokens. Needs lora_backend=stacked. First calls compile.",
+        description="torch.compile (inductor) the decode step: with decoder=loop the loop's step, whose "
+        "fused kernels its CUDA graph then replays; with decoder=hf generate's forward over a static KV "
+        "cache (prompts padded to multiples of 64 tokens). Needs lora_backend=stacked. The first steps "
+        "compile (warm-up does it before ready: minutes).",
     )
     decoder: Literal["auto", "hf", "loop"] = Field(
         "auto",

@@ -51,7 +51,8 @@ class EngineConfig:
     lora_backend: Literal["stacked", "peft"] = "stacked"
     """How one batch mixes adapters (see `models.multi_lora`); peft's mixed batch is the reference."""
     compile: bool = False
-    """Decode over a static KV cache with torch.compile (inductor: CUDA graphs); needs the stacked backend."""
+    """torch.compile (inductor) the decode step: the loop's step (its CUDA graph replays the fused kernels),
+    or with decoder="hf" generate's forward over a static KV cache. Needs the stacked backend."""
     decoder: Literal["auto", "hf", "loop"] = "hf"
     """Greedy and beams through `generate` ("hf") or `models.decode_loop` ("loop": stacked backend only);
     "auto": the loop with the stacked backend, else `generate` (`Generator` decides)."""

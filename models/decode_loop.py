@@ -18,10 +18,22 @@ instead of 124 multiples of 64, and batches of 1 to 16 questions of 6 prompt row
 of 16. Plain powers of two would make a few shapes fewer but overshoot each dimension by up to 2x instead of
 1.5x, and every step reads (with beams, copies) its whole cache: for a large batch (96 prompt rows x 3 beams
 at ~1.1k tokens, ~4 GB of KV in a 0.5B model) up to 4x instead of 2.25x the memory and traffic.
-Only the decode state is padded: the prefill runs the real rows, each padding row copies prompt 0's KV, mask
-and positions (nothing fully masked, so no NaN) and runs under no adapter, and the searches keep padding rows
-out of their stop logic and their results (`real`). `warm_up` decodes dummy prompts through `decode` so that
-a server captures the shapes it will meet first before it says it is ready.
+Off CUDA graphs the prefill runs the real rows and width, and each padding row of the decode state copies
+prompt 0's KV, mask and positions (nothing fully masked, so no NaN) and runs under no adapter. On CUDA the
+prefill too is padded to a shape (prompt rows, width on the ladder from `MIN_PROMPT`: `PrefillState`) and
+replayed from a graph, because an eager forward costs ~40 ms of launches whatever its length (measured: a
+650-token greedy prefill went from 65 to 9 ms). The searches keep padding rows out of their stop logic and
+their results (`real`). `warm_up` decodes dummy prompts through `decode` so that a server captures the shapes
+it will meet first before it says it is ready.
+
+Within a state the prompts fill the cache from slot 0 and new tokens its last slots (`MIN_GENERATED` or
+more), so that a beam reorder copies only the new tokens' slots: the beams of a prompt share its prompt
+slots. The step's forward gets its 4-D mask ready made (one query token: the padding mask is all of it),
+writes its KV through `models.decode_state.StepCache` (two operators a layer), and attends with
+`models.attention.grouped_sdpa` (no copy of the cache per query head). With `compile_backend` the step is
+compiled by torch.compile (inductor fuses each chain of small operators into one kernel; the 4-bit matmul
+stays bitsandbytes' operator) and the CUDA graph captures the compiled kernels; shapes after the first
+recompile once as dynamic (TorchDynamo's automatic dynamic shapes), not once each.
 
 It does not sample (sampled requests stay on `generate`), tokenize, or choose adapters: the generator does,
 and this loop only asks its `StackedLora` for the rows' mask (`set_rows`, a persistent buffer per row count).
@@ -40,6 +52,8 @@ import torch
 from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import StaticLayer
 
+from models.attention import use_grouped_attention
+from models.decode_state import DecodeState, PrefillState
 from models.decoding import LineEnds
 from models.multi_lora import StackedLora
 from models.search import BeamSearch, Decoded, Greedy, Stops
@@ -52,6 +66,14 @@ WARMUP_NEW_TOKENS = 2
 """New tokens of a warm-up decode: the second is the one step that builds (and on CUDA captures) the state."""
 MIN_LENGTH = 256
 """The shortest cache length bucket: shorter prompts are rare for QA over a context, and free to pad."""
+MIN_PROMPT = 64
+"""The narrowest prefill width bucket."""
+PREFILL_GRAPH_TOKENS = 16384
+"""Largest prefill (rows x width) captured as a CUDA graph: above it the launches are amortised over enough
+tokens, and a graph's activations would hold too much memory."""
+MIN_GENERATED = 32
+"""The fewest cache slots kept for new tokens (more on `bucket`'s ladder for longer budgets): every budget up
+to it (the service's 24, warm-up's 2) meets the same shapes."""
 
 
 def bucket(n: int, floor: int = 1) -> int:
@@ -67,58 +89,13 @@ class WarmUp:
     """What `DecodeLoop.warm_up` did."""
 
     shapes: int
-    """Decode states (buffers, and on CUDA a graph each) created."""
+    """Decode states and prefills (buffers, and on CUDA a graph each) created."""
     captures: int
     """CUDA graphs captured (0 off CUDA or with graphs off)."""
     skipped: int
     """(batch, length) pairs left out because their state would not fit `cache_bytes` beside the others."""
     seconds: float
     """Wall time of the whole warm-up."""
-
-
-class _State:
-    """The fixed buffers of one shape (rows x cache length) and, once captured, the CUDA graph of its step."""
-
-    def __init__(self, config: Any, rows: int, length: int, vocab: int, like: Any, beams: bool) -> None:
-        keys, values = like.keys, like.values  # a prefill layer's [prompts, heads, width, dim]
-        device, heads = keys.device, keys.shape[1]
-        self.beams, self.graph, self.nbytes, self.length = beams, None, 0, length
-        self.cache = StaticCache(config=config, max_cache_len=length)
-        layers = len(self.cache.layers)
-        # One tensor for every layer's keys (and one for values): a beam reorder is one copy, in place.
-        self.keys = keys.new_zeros(layers, rows, heads, length, keys.shape[3])
-        self.values = values.new_zeros(layers, rows, heads, length, values.shape[3])
-        self.filled = torch.zeros(layers, dtype=torch.long, device=device)  # per layer: tokens cached
-        for i, layer in enumerate(self.cache.layers):  # transformers' StaticLayer over our storage
-            layer.keys, layer.values, layer.cumulative_length = self.keys[i], self.values[i], self.filled[i]
-            layer.dtype, layer.device, layer.batch_size, layer.num_heads = keys.dtype, device, rows, heads
-            layer.k_head_dim, layer.v_head_dim, layer.is_initialized = keys.shape[3], values.shape[3], True
-        self.tokens = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        self.source = torch.arange(rows, device=device)  # beams: the row each row continues
-        self.positions = torch.zeros(rows, 1, dtype=torch.long, device=device)
-        self.mask = torch.zeros(rows, length, dtype=torch.bool, device=device)
-        self.cursor = torch.zeros(1, dtype=torch.long, device=device)
-        self.log_probs = torch.zeros(rows, vocab, device=device)
-
-    def load(self, prefill: Any, prompt_mask: torch.Tensor, beams: int) -> None:
-        """The prompts' KV, mask and next positions, each prompt's row repeated for its beams; the padding
-        prompts past the real ones copy prompt 0 (a real row's values: finite, never fully masked)."""
-        real, width = prompt_mask.shape
-        layers, rows, heads, length, _ = self.keys.shape
-        prompts = rows // beams
-        rows_of = torch.arange(prompts, device=prompt_mask.device)
-        rows_of[real:] = 0
-        for ours, key in ((self.keys, "keys"), (self.values, "values")):
-            theirs = torch.stack([getattr(layer, key) for layer in prefill.layers])
-            if prompts > real:
-                theirs = theirs.index_select(1, rows_of)
-            ours.view(layers, prompts, beams, heads, length, -1)[:, :, :, :, :width].copy_(theirs[:, :, None])
-        prompt_mask = prompt_mask.bool().index_select(0, rows_of)
-        self.mask.zero_()
-        self.mask.view(prompts, beams, length)[:, :, :width].copy_(prompt_mask[:, None])
-        self.positions.view(prompts, beams).copy_(prompt_mask.sum(dim=1)[:, None])
-        self.cursor.fill_(width)
-        self.filled.fill_(width)
 
 
 class DecodeLoop:
@@ -140,21 +117,35 @@ class DecodeLoop:
         cuda_graphs: bool = True,
         cache_bytes: int = 4 << 30,
         min_length: int = MIN_LENGTH,
+        compile_backend: str | None = None,
     ) -> None:
         layers = StaticCache(config=model.config, max_cache_len=1).layers
         if any(type(layer) is not StaticLayer for layer in layers):
             raise ValueError("the decode loop needs a model whose layers all use full attention")
+        use_grouped_attention(model)  # one query token per step: no copies of the cache for its KV heads
         self.model, self.stacked = model, stacked
         self.eos = torch.tensor(list(eos_ids), dtype=torch.long)
         self.cuda_graphs, self.cache_bytes, self.min_length = cuda_graphs, cache_bytes, min_length
-        self._states: OrderedDict[tuple, _State] = OrderedDict()
+        self._states: OrderedDict[tuple, DecodeState] = OrderedDict()
+        self._prefills: OrderedDict[tuple, PrefillState] = OrderedDict()  # by (rows, width, LoRA or not)
+        self._prefill_graphs, self._graph_pool = True, None
+        self.static_prefill: bool | None = None
+        """Prefill padded to shape buckets (a graph each on CUDA): None = where CUDA graphs are on."""
         self._lora_version = stacked.version if stacked is not None else 0
+        # torch.compile of the step (no CUDA graphs of its own: the graph captured here replays its kernels)
+        # fuses each chain of small operators (RMSNorm, rotary, the LoRA mask, SiLU x up) into one kernel.
+        self._run_step = (
+            torch.compile(self._step, backend=compile_backend, dynamic=None)
+            if compile_backend is not None
+            else self._step
+        )
         self.captures = 0
         """CUDA graphs captured so far (one per new shape)."""
 
     def clear(self) -> None:
         """Drop every shape's buffers and graph (out of memory, or the LoRA stacks changed)."""
         self._states.clear()
+        self._prefills.clear()
 
     def lengths(self, up_to: int) -> list[int]:
         """The cache length buckets, shortest first, up to the one that holds `up_to` tokens."""
@@ -178,23 +169,22 @@ class DecodeLoop:
         """Per prompt row `num_return_sequences` outputs (1 when greedy); `line_ends` also stops at the end
         of the answer's first non-empty line; EOS is impossible before `min_new_tokens` tokens."""
         prompts, k, width, device = input_ids.shape[0], num_beams, max_new_tokens, input_ids.device
-        rows = bucket(prompts) if width > 1 else prompts  # the decode state's prompts, padding included
+        static = self.static_prefill if self.static_prefill is not None else self._graphs_on(device)
+        rows = bucket(prompts) if width > 1 or static else prompts  # prompts in the state, padding included
         with torch.inference_mode():
-            self._set_rows(adapters, 1)
-            prefill = DynamicCache(config=self.model.config)
-            positions = (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
-            logits = self.model(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=positions,
-                past_key_values=prefill,
-                use_cache=True,
-                logits_to_keep=1,
-            ).logits
-            log_probs = torch.log_softmax(logits[:, -1].float(), dim=-1)
-            del logits
-            if rows > prompts:  # padding prompts start as copies of prompt 0, as `_State.load` makes them
-                log_probs = torch.cat((log_probs, log_probs[:1].expand(rows - prompts, -1)))
+            self._check_lora_version()
+            if static:  # padded to a shape bucket; on CUDA replayed from a graph
+                self._set_rows([*adapters, *[None] * (rows - prompts)], 1)
+                pre = self._prefill(input_ids, attention_mask, rows)
+                prefill, log_probs, prompt_mask = pre.cache, pre.log_probs, pre.mask
+            else:
+                self._set_rows(adapters, 1)
+                prefill, log_probs = self._prefill_forward(input_ids, attention_mask)
+                prompt_mask = attention_mask
+                if (
+                    rows > prompts
+                ):  # padding prompts start as copies of prompt 0, as `DecodeState.load` makes them
+                    log_probs = torch.cat((log_probs, log_probs[:1].expand(rows - prompts, -1)))
             stops = Stops(self.eos, log_probs.shape[-1], line_ends, device)
             if k > 1:
                 keep = max(2, 1 + len(self.eos)) * k  # as transformers: enough for k to run on past EOS
@@ -206,8 +196,10 @@ class DecodeLoop:
             if width > 1:
                 if k > 1 or rows > prompts:  # padding prompts run under no adapter
                     self._set_rows([*adapters, *[None] * (rows - prompts)], k)
-                state = self._state(rows * k, input_ids.shape[1] + width, log_probs.shape[-1], prefill, k > 1)
-                state.load(prefill, attention_mask, k)
+                state = self._state(
+                    rows * k, prompt_mask.shape[1], width, log_probs.shape[-1], prefill, k > 1
+                )
+                state.load(prefill, prompt_mask, k)
                 del prefill
                 self._steps(state, search, tokens, source, width, min_new_tokens)
             return search.result(num_return_sequences)
@@ -220,12 +212,24 @@ class DecodeLoop:
         `decode`, the path requests take. Shortest lengths first; from its second length on, a batch stops
         where its state (its last one's bytes per position x the length) would push another out of
         `cache_bytes`."""
-        started, captures, before = time.perf_counter(), self.captures, set(self._states)
-        lengths = self.lengths(max_length)
+        started, captures = time.perf_counter(), self.captures
+        before = {*self._states, *(("prefill", *key) for key in self._prefills)}
+        generated = bucket(WARMUP_NEW_TOKENS, MIN_GENERATED)
+        static = (
+            self.static_prefill if self.static_prefill is not None else self._graphs_on(self.model.device)
+        )
+        if static:  # every prefill width bucket (each decides its cache length)
+            prompts, width = [], MIN_PROMPT
+            while width <= bucket(max_length - 1, MIN_PROMPT):
+                prompts.append(width)
+                width = bucket(width + 1, MIN_PROMPT)
+        else:  # the shortest prompt of each cache length bucket (a request has at least one new token)
+            lengths = self.lengths(max_length - 1 + generated)
+            prompts = [max(1, shorter + 1 - generated) for shorter in [0, *lengths[:-1]]]
         per_position: dict[int, float] = {}  # batch -> bytes per cache position of its last state
         skipped = 0
-        for length, shorter in zip(lengths, [0, *lengths[:-1]], strict=True):
-            prompt = max(1, shorter + 1 - WARMUP_NEW_TOKENS)  # the shortest prompt this bucket holds
+        for prompt in prompts:
+            length = bucket(bucket(prompt, MIN_PROMPT if static else 1) + generated, self.min_length)
             for i, (adapters, beams) in enumerate(batches):
                 held = sum(s.nbytes for s in self._states.values())
                 if i in per_position and held + per_position[i] * length > self.cache_bytes:
@@ -244,15 +248,91 @@ class DecodeLoop:
                 )
                 state = next(reversed(self._states.values()))  # the one this decode used
                 per_position[i] = state.nbytes / state.length
+        after = {*self._states, *(("prefill", *key) for key in self._prefills)}
         return WarmUp(
-            shapes=len(set(self._states) - before),
+            shapes=len(after - before),
             captures=self.captures - captures,
             skipped=skipped,
             seconds=time.perf_counter() - started,
         )
 
-    def _steps(self, state: _State, search: Any, tokens: Any, source: Any, width: int, min_new: int) -> None:
-        flag = _LateFlag(state.tokens.device)
+    def _prefill_forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | dict[str, torch.Tensor]
+    ) -> tuple[Any, torch.Tensor]:
+        """The prompts' forward: their KV cache and each row's next-token log-probabilities."""
+        cache = DynamicCache(config=self.model.config)
+        mask = attention_mask["full_attention"] if isinstance(attention_mask, dict) else attention_mask
+        padding = mask[:, 0, -1] if mask.dim() == 4 else mask  # the last query row sees every real key
+        positions = (padding.long().cumsum(-1) - 1).clamp(min=0)
+        logits = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits
+        return cache, torch.log_softmax(logits[:, -1].float(), dim=-1)
+
+    def _static_forward(self, pre: PrefillState) -> None:
+        keep = (pre.mask[:, None, None, :] != 0) & pre.causal | pre.itself
+        pre.cache, log_probs = self._prefill_forward(pre.ids, {"full_attention": keep})
+        if pre.log_probs is None:
+            pre.log_probs = torch.empty_like(log_probs)
+        pre.log_probs.copy_(log_probs)
+
+    def _prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: int) -> PrefillState:
+        """The prompts through the prefill of their shape (made, and on CUDA captured, on first use)."""
+        width = bucket(input_ids.shape[1], MIN_PROMPT)
+        with_lora = self.stacked is not None and self.stacked.rows.mask is not None
+        key = (rows, width, with_lora)
+        pre = self._prefills.pop(key, None)
+        if pre is None:
+            pre = PrefillState(rows, width, input_ids.device)
+            if (
+                self._graphs_on(input_ids.device)
+                and self._prefill_graphs
+                and rows * width <= PREFILL_GRAPH_TOKENS
+            ):
+                pre.fill(input_ids, attention_mask)  # the capture's warm-up runs on real inputs
+                if not self._capture(pre, lambda: self._static_forward(pre), pool=self._pool()):
+                    self._prefill_graphs = False  # prefills run eagerly from now on
+        pre.fill(input_ids, attention_mask)
+        if pre.graph is not None:
+            pre.graph.replay()
+        else:
+            self._static_forward(pre)
+        if not pre.nbytes:  # KV and log-probabilities it holds between calls
+            assert pre.cache is not None and pre.log_probs is not None
+            pre.nbytes = pre.log_probs.numel() * 4 + sum(
+                t.numel() * t.element_size() for layer in pre.cache.layers for t in (layer.keys, layer.values)
+            )
+            while self._prefills and sum(p.nbytes for p in self._prefills.values()) + pre.nbytes > (
+                self.cache_bytes // 4
+            ):
+                self._prefills.popitem(last=False)
+        self._prefills[key] = pre
+        return pre
+
+    def _pool(self) -> Any:
+        """One memory pool for every prefill graph: they never run at once, so their activations can share."""
+        if self._graph_pool is None:
+            self._graph_pool = torch.cuda.graph_pool_handle()
+        return self._graph_pool
+
+    def _graphs_on(self, device: torch.device) -> bool:
+        return self.cuda_graphs and device.type == "cuda"
+
+    def _check_lora_version(self) -> None:
+        version = self.stacked.version if self.stacked is not None else 0
+        if version != self._lora_version:  # new LoRA stacks: the graphs read the old ones' memory
+            self.clear()
+            self._lora_version = version
+
+    def _steps(
+        self, state: DecodeState, search: Any, tokens: Any, source: Any, width: int, min_new: int
+    ) -> None:
+        flag = LateFlag(state.tokens.device)
         flag.push(search.halted)
         for t in range(1, width):
             state.tokens.copy_(tokens.view(-1, 1))
@@ -261,22 +341,24 @@ class DecodeLoop:
             if state.graph is not None:
                 state.graph.replay()
             else:
-                self._step(state)
+                self._run_step(state)
             if flag.pop():  # the search had already ended before this step
                 return
             tokens, source = search.choose(t, state.log_probs, t < min_new)
             flag.push(search.halted)
 
-    def _step(self, state: _State) -> None:
+    def _step(self, state: DecodeState) -> None:
         """One decode step over the state's buffers: what a CUDA graph captures (no host syncs, no branches
         on tensor values, every input and output at a fixed address)."""
-        if state.beams:
-            state.keys.copy_(state.keys.index_select(1, state.source))
-            state.values.copy_(state.values.index_select(1, state.source))
+        if state.beams:  # (views made here: a compiled step must not take inputs that alias each other)
+            for stacked in (state.keys, state.values):
+                slots = stacked[:, :, :, state.first_new :]
+                slots.copy_(slots.index_select(1, state.source))
         state.mask.index_fill_(1, state.cursor, True)
         logits = self.model(
             input_ids=state.tokens,
-            attention_mask=state.mask,
+            # One query token attends to every filled slot: the padding mask is the whole 4-D mask.
+            attention_mask={"full_attention": state.mask[:, None, None, :]},
             position_ids=state.positions,
             past_key_values=state.cache,
             use_cache=True,
@@ -290,53 +372,58 @@ class DecodeLoop:
         if self.stacked is not None:
             self.stacked.set_rows(adapters, repeat=repeat)
 
-    def _state(self, rows: int, needed: int, vocab: int, prefill: Any, beams: bool) -> _State:
-        version = self.stacked.version if self.stacked is not None else 0
-        if version != self._lora_version:  # new LoRA stacks: the graphs read the old ones' memory
-            self.clear()
-            self._lora_version = version
-        length = bucket(needed, self.min_length)
+    def _state(self, rows: int, width: int, new: int, vocab: int, prefill: Any, beams: bool) -> DecodeState:
+        generated = bucket(new, MIN_GENERATED)
+        length = bucket(width + generated, self.min_length)
         with_lora = self.stacked is not None and self.stacked.rows.mask is not None
-        key = (rows, length, beams, with_lora)
+        key = (rows, length, generated, beams, with_lora)
         state = self._states.pop(key, None)
         if state is None:
             first = prefill.layers[0]
             per_token = sum(t.shape[1] * t.shape[3] * t.element_size() for t in (first.keys, first.values))
-            nbytes = len(prefill.layers) * per_token * rows * length * (2 if beams else 1)  # + reorder copy
+            slots = length + (generated if beams else 0)  # + the beam reorder's copy of the new slots
+            nbytes = len(prefill.layers) * per_token * rows * slots
             nbytes += 2 * rows * vocab * 4  # the log-probabilities, and the float logits of a captured step
             while self._states and sum(s.nbytes for s in self._states.values()) + nbytes > self.cache_bytes:
                 self._states.popitem(last=False)
-            state = _State(self.model.config, rows, length, vocab, first, beams)
+            state = DecodeState(self.model.config, rows, length, generated, vocab, first, beams)
             state.nbytes = nbytes
-            if self.cuda_graphs and state.keys.device.type == "cuda":
-                self._capture(state)
+            if self._graphs_on(state.keys.device):
+                captured = self._capture(state, lambda: self._run_step(state))
+                if not captured and self._run_step != self._step:  # first without torch.compile
+                    logger.warning("decode loop: the compiled step failed to capture; stepping uncompiled")
+                    self._run_step = self._step
+                    captured = self._capture(state, lambda: self._run_step(state))
+                if not captured:
+                    self.cuda_graphs = False  # steps run eagerly from now on
         self._states[key] = state
         return state
 
-    def _capture(self, state: _State) -> None:
-        """Warm up on a side stream, then capture one step (PyTorch's recipe). The state's contents are
-        garbage afterwards; `load` sets everything a step reads."""
+    def _capture(self, target: DecodeState | PrefillState, run: Any, pool: Any = None) -> bool:
+        """Warm `run` up on a side stream, then capture it as `target.graph` (PyTorch's recipe); False when
+        it cannot be captured (e.g. a layer that syncs with the host). The target's buffers hold garbage
+        afterwards: a caller sets everything a replay reads."""
         try:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(WARMUP_STEPS):
-                    self._step(state)
+                    run()
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self._step(state)
+            with torch.cuda.graph(graph, pool=pool, capture_error_mode="thread_local"):
+                run()
         except torch.cuda.OutOfMemoryError:
             raise  # the generator frees what it can and splits the batch
-        except Exception as exc:  # noqa: BLE001 - e.g. a layer that syncs with the host: step eagerly
-            logger.warning("decode loop: CUDA graph capture failed, stepping eagerly (%s)", exc)
-            self.cuda_graphs = False
-            return
-        state.graph = graph
+        except Exception as exc:  # noqa: BLE001 - any failure to capture: run eagerly instead
+            logger.warning("decode loop: CUDA graph capture of a %s failed (%s)", type(target).__name__, exc)
+            return False
+        target.graph = graph
         self.captures += 1
+        return True
 
 
-class _LateFlag:
+class LateFlag:
     """A device flag read one step late: the host waits for the step before the one it has just queued."""
 
     def __init__(self, device: torch.device) -> None:

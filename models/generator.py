@@ -72,13 +72,18 @@ class Generator:
         if hasattr(model, "peft_config"):
             lora_backend = "peft"  # a peft model passed in (training attaches its adapter): peft serves it
         self.lora_backend = lora_backend
-        # torch.compile of the forward over a static KV cache (CUDA graphs with "inductor"): the per-token
-        # Python and kernel-launch cost is what bounds a small model's decode step, not its weights.
+        # torch.compile of the decode step: the loop's (fused kernels in its CUDA graph), or generate's
+        # forward over a static KV cache. Kernel launches, not weights, bound a small model's decode step.
         self.compile_backend = compile_backend
         if compile_backend is not None and lora_backend == "peft":
             raise ValueError("compile needs the stacked LoRA backend (peft's mixed batch loops in Python)")
         quantizer = getattr(model, "hf_quantizer", None)
-        if compile_backend is not None and quantizer is not None and not quantizer.is_compileable:
+        if (
+            compile_backend is not None
+            and decoder == "hf"
+            and quantizer is not None
+            and not quantizer.is_compileable
+        ):
             # transformers then decodes eagerly over the static cache: measured no faster (docs/benchmarks.md)
             logger.warning("compile: %s is not compileable; decoding stays eager", type(quantizer).__name__)
         if decoder not in ("auto", "hf", "loop"):
@@ -102,7 +107,13 @@ class Generator:
         self._eos_ids = torch.tensor(eos_ids, dtype=torch.long)
         # Greedy and beams through our own loop (graphs captured on CUDA unless `cuda_graphs` is off).
         self._loop = (
-            DecodeLoop(model, eos_ids=eos_ids, stacked=self._stacked, cuda_graphs=cuda_graphs)
+            DecodeLoop(
+                model,
+                eos_ids=eos_ids,
+                stacked=self._stacked,
+                cuda_graphs=cuda_graphs,
+                compile_backend=compile_backend,
+            )
             if decoder == "loop"
             else None
         )
@@ -289,7 +300,7 @@ class Generator:
                     torch.manual_seed(seed)
             if num_beams > 1:
                 kwargs["length_penalty"] = 1.0
-            if self.compile_backend is not None:
+            if self.compile_backend is not None and self._loop is None:  # the loop compiles its own step
                 kwargs["compile_config"] = compile_config(self.compile_backend)
             if self._stop_at_newline:
                 kwargs["stopping_criteria"] = StoppingCriteriaList(
@@ -453,7 +464,7 @@ class Generator:
                 )
             encoded.append(ids)
         width, pad = max(len(ids) for ids in encoded), self._tokenizer.pad_token_id
-        if self.compile_backend is not None:
+        if self.compile_backend is not None and self._loop is None:  # the loop buckets its own shapes
             width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE  # fewer distinct shapes, fewer recompilations
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], dtype=torch.long)

@@ -34,14 +34,15 @@ def test_warm_up_before_ready_then_requests_meet_warm_shapes(
         release.set()
         assert client.app.state.service.wait_ready(timeout=60)
         assert client.get("/readyz").status_code == 200
-        # 3 adapters x 2 prompts x 3 beams, and one greedy row, at each length up to 1024 (1000 + 6 tokens)
+        # 3 adapters x 2 prompts x 3 beams, and one greedy row, at each length up to 1536 (999 prompt tokens
+        # and 32 slots for new ones)
         warm = shapes(client)
         assert warm == {
-            (rows, length, beams, True)
+            (rows, length, 32, beams, True)
             for rows, beams in ((18, True), (1, False))
-            for length in (256, 384, 512, 768, 1024)
+            for length in (256, 384, 512, 768, 1024, 1536)
         }
-        assert "decode loop warm-up: 10 shapes" in caplog.text
+        assert "decode loop warm-up: 12 shapes" in caplog.text
         assert client.post("/answer", json=BODY).status_code == 200
         greedy = {"adapters": ["alpha"], "prompts": ["zero-shot"], "decoding": {"strategy": "greedy"}}
         assert client.post("/answer", json={**BODY, **greedy}).status_code == 200
@@ -62,7 +63,7 @@ def test_a_sampled_default_warms_the_greedy_row_only(tiny_settings: ServiceSetti
     update = {"decoder": "loop", "warmup": True, "max_input_tokens": 200, "default_strategy": "sample"}
     with TestClient(build_app(tiny_settings.model_copy(update=update))) as client:
         assert client.get("/readyz").status_code == 200
-        assert shapes(client) == {(1, 256, False, True)}  # sampled requests decode through generate
+        assert shapes(client) == {(1, 256, 32, False, True)}  # sampled requests decode through generate
 
 
 def test_qa_warmup_reads_auto_true_and_false(monkeypatch):

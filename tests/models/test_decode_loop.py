@@ -7,6 +7,7 @@ beams, freed beam slots, the early-stop heuristic and `min_new_tokens` are then 
 not (CPU); the step they capture is the eager step these tests run.
 """
 
+import os
 import types
 
 import pytest
@@ -30,11 +31,16 @@ PROMPTS = [LONG, SHORT, "plain prompt: 수도는?", LONG]
 ADAPTERS = ["gamma", None, "alpha", "beta"]
 
 
-def _generator(model_dir, adapters_dir, bias: torch.Tensor | None = None, **kw) -> Generator:
+def _generator(
+    model_dir, adapters_dir, bias: torch.Tensor | None = None, static_prefill: bool | None = None, **kw
+) -> Generator:
+    """`static_prefill=True`: prompts padded to shape buckets (as CUDA graphs replay them) but run eagerly."""
     model, tokenizer = load_base(model_dir, LoadConfig(device="cpu", quantization="none"))
     if bias is not None:
         model.lm_head.register_forward_hook(lambda module, args, out: out + bias)
     gen = Generator(model, tokenizer, **kw)
+    if gen._loop is not None:
+        gen._loop.static_prefill = static_prefill
     info = read_base_info(model_dir)
     for spec in AdapterRegistry.from_dir(adapters_dir, base_key=info.key, base_fingerprint=info.fingerprint):
         gen.load_adapter(spec)
@@ -56,10 +62,17 @@ def assert_same(got, want) -> None:
         assert [s for _, s in g] == pytest.approx([s for _, s in w], abs=1e-4)
 
 
+@pytest.mark.parametrize("static_prefill", [None, True])
 @pytest.mark.parametrize("stop_at_newline", [False, True])
-def test_greedy_equals_generate(tiny_model_dir, tiny_adapters_dir, stop_at_newline) -> None:
+def test_greedy_equals_generate(tiny_model_dir, tiny_adapters_dir, stop_at_newline, static_prefill) -> None:
     hf = _generator(tiny_model_dir, tiny_adapters_dir, stop_at_newline=stop_at_newline)
-    loop = _generator(tiny_model_dir, tiny_adapters_dir, stop_at_newline=stop_at_newline, decoder="loop")
+    loop = _generator(
+        tiny_model_dir,
+        tiny_adapters_dir,
+        static_prefill=static_prefill,
+        stop_at_newline=stop_at_newline,
+        decoder="loop",
+    )
     for max_new_tokens in (1, 12):
         want = hf.generate(
             PROMPTS, ADAPTERS, max_new_tokens=max_new_tokens, num_beams=1, num_return_sequences=1, **DECODE
@@ -71,11 +84,18 @@ def test_greedy_equals_generate(tiny_model_dir, tiny_adapters_dir, stop_at_newli
     assert loop.stats.new_tokens == hf.stats.new_tokens and loop.stats.sequences == hf.stats.sequences
 
 
+@pytest.mark.parametrize("static_prefill", [None, True])
 @pytest.mark.parametrize("n", [1, 3])
 @pytest.mark.parametrize("stop_at_newline", [False, True])
-def test_beams_equal_generate(tiny_model_dir, tiny_adapters_dir, n, stop_at_newline) -> None:
+def test_beams_equal_generate(tiny_model_dir, tiny_adapters_dir, n, stop_at_newline, static_prefill) -> None:
     hf = _generator(tiny_model_dir, tiny_adapters_dir, stop_at_newline=stop_at_newline)
-    loop = _generator(tiny_model_dir, tiny_adapters_dir, stop_at_newline=stop_at_newline, decoder="loop")
+    loop = _generator(
+        tiny_model_dir,
+        tiny_adapters_dir,
+        static_prefill=static_prefill,
+        stop_at_newline=stop_at_newline,
+        decoder="loop",
+    )
     beams = dict(DECODE, num_beams=3, num_return_sequences=n, max_new_tokens=10)
     want = hf.generate(PROMPTS, ADAPTERS, **beams)
     assert_same(loop.generate(PROMPTS, ADAPTERS, **beams), want)
@@ -91,7 +111,7 @@ def test_stops_equal_generate(tiny_model_dir, tiny_adapters_dir, beams, n, stop_
     bias = stop_heavy(hf.tokenizer, hf.model.config.vocab_size)
     hf = _generator(tiny_model_dir, tiny_adapters_dir, bias, stop_at_newline=stop_at_newline)
     loop = _generator(
-        tiny_model_dir, tiny_adapters_dir, bias, stop_at_newline=stop_at_newline, decoder="loop"
+        tiny_model_dir, tiny_adapters_dir, bias, True, stop_at_newline=stop_at_newline, decoder="loop"
     )
     for gen in (hf, loop):
         gen.model.generation_config.min_new_tokens = min_new_tokens
@@ -185,7 +205,7 @@ def test_sampling_still_goes_through_generate(tiny_model_dir, tiny_adapters_dir)
     hf = _generator(tiny_model_dir, tiny_adapters_dir)
     loop = _generator(tiny_model_dir, tiny_adapters_dir, decoder="loop")
     sample = dict(DECODE, do_sample=True, num_beams=1, num_return_sequences=2, seed=3, max_new_tokens=6)
-    assert loop.generate(PROMPTS, ADAPTERS, **sample) == hf.generate(PROMPTS, ADAPTERS, **sample)
+    assert_same(loop.generate(PROMPTS, ADAPTERS, **sample), hf.generate(PROMPTS, ADAPTERS, **sample))
 
 
 def test_the_loop_needs_the_stacked_backend(tiny_model_dir, tiny_adapters_dir) -> None:
@@ -291,9 +311,9 @@ def test_lengths_and_row_counts_of_a_bucket_share_a_state(tiny_model_dir, tiny_a
     loop.generate(
         [LONG] * 6, (ADAPTERS * 2)[:6], **beams
     )  # another prompt length, another row count, one bucket
-    assert list(loop._loop._states) == [(18, 256, True, True)]
+    assert list(loop._loop._states) == [(18, 256, 32, True, True)]
     loop.generate([SHORT] * 7, [None] * 7, **beams)  # rows of the next bucket, without LoRA
-    assert list(loop._loop._states)[1:] == [(24, 256, True, False)]
+    assert list(loop._loop._states)[1:] == [(24, 256, 32, True, False)]
 
 
 def test_warm_up_makes_the_shapes_requests_use(tiny_model_dir, tiny_adapters_dir) -> None:
@@ -302,7 +322,9 @@ def test_warm_up_makes_the_shapes_requests_use(tiny_model_dir, tiny_adapters_dir
     done = gen.warm_up([plan, (("alpha",), 1)], max_length=400)
     assert (done.shapes, done.captures, done.skipped) == (6, 0, 0)  # 2 batches x lengths 256, 384, 512
     assert set(gen._loop._states) == {
-        (rows, length, beams, True) for rows, beams in ((18, True), (1, False)) for length in (256, 384, 512)
+        (rows, length, 32, beams, True)
+        for rows, beams in ((18, True), (1, False))
+        for length in (256, 384, 512)
     }
     assert gen._stacked.rows.mask is None  # no row mask left for the next forward
     beams = dict(DECODE, num_beams=3, num_return_sequences=3, max_new_tokens=6)
@@ -320,3 +342,44 @@ def test_warm_up_stays_within_the_shape_cache(tiny_model_dir, tiny_adapters_dir)
     assert done.skipped > 0 and done.shapes == len(gen._loop._states)  # nothing made was pushed out
     assert sum(s.nbytes for s in gen._loop._states.values()) <= gen._loop.cache_bytes
     assert Generator(gen.model, gen.tokenizer, lora_backend="stacked").warm_up([], max_length=1).shapes == 0
+
+
+@pytest.mark.parametrize("backend", [pytest.param(os.environ.get("QA_TEST_COMPILE_BACKEND", "aot_eager"))])
+def test_compiled_steps_equal_eager_steps(tiny_model_dir, tiny_adapters_dir, backend) -> None:
+    """`compile_backend` compiles the loop's step (the CPU runs it through TorchDynamo and AOTAutograd, the
+    inductor backend's front half; QA_TEST_COMPILE_BACKEND=inductor runs all of it): greedy and beams, mixed
+    adapters, stops, two shapes of each; a different shape recompiles at most once (automatic dynamic)."""
+    from torch._dynamo.utils import counters
+
+    hf = _generator(tiny_model_dir, tiny_adapters_dir)
+    bias = stop_heavy(hf.tokenizer, hf.model.config.vocab_size)
+    eager = _generator(tiny_model_dir, tiny_adapters_dir, bias, decoder="loop")
+    compiled = _generator(tiny_model_dir, tiny_adapters_dir, bias, decoder="loop", compile_backend=backend)
+    torch._dynamo.reset()
+    counters.clear()
+    for decoding in (
+        dict(DECODE, num_beams=1, num_return_sequences=1),
+        dict(DECODE, num_beams=3, num_return_sequences=2),
+    ):
+        for prompts, adapters in ((PROMPTS, ADAPTERS), (PROMPTS[:2] * 4, ["alpha", None] * 4)):
+            want = eager.generate(prompts, adapters, max_new_tokens=8, **decoding)
+            assert_same(compiled.generate(prompts, adapters, max_new_tokens=8, **decoding), want)
+    assert counters["stats"]["unique_graphs"] >= 2  # greedy and beams traced, not run eagerly
+    assert counters["stats"]["unique_graphs"] <= 6
+    assert not counters["graph_break"], dict(counters["graph_break"])
+
+
+def test_warm_up_makes_the_prefill_shapes_requests_use(tiny_model_dir, tiny_adapters_dir) -> None:
+    """With prompts padded to shape buckets (CUDA's prefill graphs), warm-up makes every prefill width up to
+    `max_length` (each then decides the decode state's length), and requests meet only those."""
+    gen = _generator(tiny_model_dir, tiny_adapters_dir, static_prefill=True, decoder="loop")
+    plan = (("alpha", "alpha", "beta", "beta", "gamma", "gamma"), 3)
+    done = gen.warm_up([plan, (("alpha",), 1)], max_length=193)  # prompts of up to 192 tokens
+    widths = (64, 96, 128, 192)
+    assert set(gen._loop._prefills) == {(rows, width, True) for rows in (6, 1) for width in widths}
+    assert set(gen._loop._states) == {(18, 256, 32, True, True), (1, 256, 32, False, True)}
+    assert done.shapes == 10
+    beams = dict(DECODE, num_beams=3, num_return_sequences=3, max_new_tokens=6)
+    gen.generate([LONG, SHORT] * 3, list(plan[0]), **beams)
+    gen.generate([SHORT], ["alpha"], **dict(beams, num_beams=1, num_return_sequences=1))
+    assert len(gen._loop._prefills) == 8 and len(gen._loop._states) == 2  # the requests met warm shapes
