@@ -10,9 +10,11 @@ generator with one resident adapter: ms per decode step ((N-token run - 1-token 
 repeats) in each mode - eager: `generate`; compiled: `generate` over a static KV cache with torch.compile (on
 CUDA inductor with CUDA graphs); loop: `Generator(decoder="loop")` stepping eagerly; loop-graphs: the same
 loop replaying a CUDA graph per step (CUDA only, skipped elsewhere) - with the first call's time (compilation
-or graph capture) and the speed-up over eager. Each mode loads its own copy of the base (the stacked LoRA
-wraps the model's layers in place). Every run makes exactly N tokens (EOS masked, no stop at line ends). Whole
-requests (prompts, voting, HTTP) are `bench/serving_speed.py` and `bench/http_latency.py`.
+or graph capture) and the speed-up over eager; loop-compiled: the loop with its step compiled by
+torch.compile (inductor without its own CUDA graphs: the loop's graph replays the fused kernels). Each mode
+loads its own copy of the base (the stacked LoRA wraps the model's layers in place). Every run makes
+exactly N tokens (EOS masked, no stop at line ends). Whole requests (prompts, voting, HTTP) are
+`bench/serving_speed.py` and `bench/http_latency.py`.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from ensemble.prompts import render_prompt
 logger = logging.getLogger("bench.compile_probe")
 
 
-MODES = ("eager", "compiled", "loop", "loop-graphs")
+MODES = ("eager", "compiled", "loop", "loop-graphs", "loop-compiled")
 
 
 def _generator_kwargs(mode: str, compile_backend: str) -> dict[str, Any]:
@@ -51,6 +53,7 @@ def _generator_kwargs(mode: str, compile_backend: str) -> dict[str, Any]:
         "compiled": {"compile_backend": compile_backend},
         "loop": {"decoder": "loop", "cuda_graphs": False},
         "loop-graphs": {"decoder": "loop", "cuda_graphs": True},
+        "loop-compiled": {"decoder": "loop", "cuda_graphs": True, "compile_backend": compile_backend},
     }[mode]
 
 

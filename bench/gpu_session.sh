@@ -8,6 +8,9 @@
 #   bash bench/gpu_session.sh meta             carry .gpu-meta .gpu-data when they did not fit with .gpu-site
 #   bash bench/gpu_session.sh speed            issue 5's runs on random weights, in the background
 #   bash bench/gpu_session.sh latency          /answer at concurrency 1, decode loop vs generate (background)
+#   bash bench/gpu_session.sh compiled         the loop with and without its step compiled (background)
+#   bash bench/gpu_session.sh phases           GPU test failures in short; one request's time by phase
+#   bash bench/gpu_session.sh final            GPU tests, request phases and /answer latency, foreground
 #   bash bench/gpu_session.sh part N           carry .gpu-partN: one part of the base GGUF into /tmp/parts
 #   bash bench/gpu_session.sh status           what the background runs printed last
 #   bash bench/gpu_session.sh collect          copy the background results to $OUT
@@ -71,8 +74,60 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
     done; done
     echo "http done"
     python3 -m bench.serving_speed --random-init .gpu-meta --data "$data" --variants 4bit,bf16 \
-      --generator-kwargs '{}' --generator-kwargs '{"decoder": "loop"}' --out "$RES/serving_speed"
+      --generator-kwargs '{"decoder": "hf"}' --generator-kwargs '{}' --out "$RES/serving_speed"
     echo "speed finished"
+    ;;
+  compiled)  # the decode loop with its step compiled (QA_COMPILE) against the uncompiled loop, in the background
+    (cd /tmp/src && rm -rf app engine models ensemble bench tests && \
+      cp -r "$OLDPWD"/{app,engine,models,ensemble,bench,tests} . \
+      && setsid nohup bash bench/gpu_session.sh compiled-runs >"$RES/compiled.log" 2>&1 &)
+    sleep 3; tail -3 "$RES/compiled.log"
+    ;;
+  compiled-runs)
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    data=.gpu-data/KorQuAD_v1.0_dev.json
+    python3 -m pytest -q -m gpu tests/models/test_gpu.py -p no:cacheprovider 2>&1 | tail -5
+    for v in bf16 4bit; do
+      python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants $v \
+        --modes loop-graphs,loop-compiled --batches 1x1,6x3 --tokens 32 --repeats 3 --out "$RES/probe-$v"
+    done
+    echo "probes done"
+    for c in false true; do
+      python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --quantization 4bit --new-tokens 12 \
+        --concurrency 1,8,32 --questions 32 --requests 24 --cell-seconds 15 --warmup 4 \
+        --server-env QA_COMPILE=$c --out "$RES/http-compile-$c" && echo "http compile=$c done"
+    done
+    python3 -m bench.serving_speed --random-init .gpu-meta --data "$data" --variants 4bit \
+      --generator-kwargs '{"decoder": "hf"}' --generator-kwargs '{}' --generator-kwargs '{"compile_backend": "inductor"}' \
+      --out "$RES/serving_speed"
+    echo "compiled finished"
+    ;;
+  phases)  # the GPU tests' failures in short, then where one request's time goes (bench/request_phases.py)
+    rm -rf /tmp/src/{app,engine,models,ensemble,bench,tests} && cp -r {app,engine,models,ensemble,bench,tests} /tmp/src/
+    cd /tmp/src && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    data=.gpu-data/KorQuAD_v1.0_dev.json
+    python3 -m pytest -q -m gpu tests/models/test_gpu.py -p no:cacheprovider --tb=short 2>&1 \
+      | grep -E "^E |Error|passed|failed|^tests/" | head -40
+    for kind in ensemble greedy; do
+      python3 -m bench.request_phases --random-init .gpu-meta --data "$data" --kind $kind --out "$OUT/phases-$kind" \
+        2>&1 | grep -E "^\|"
+    done
+    python3 -m bench.request_phases --random-init .gpu-meta --data "$data" --kind ensemble \
+      --generator-kwargs '{"compile_backend": "inductor"}' --out "$OUT/phases-ensemble-compiled" 2>&1 | grep -E "^\|"
+    ;;
+  final)  # GPU tests, one request's phases, /answer latency: the default server (decode loop, prefill graphs)
+    rm -rf /tmp/src/{app,engine,models,ensemble,bench,tests} && cp -r {app,engine,models,ensemble,bench,tests} /tmp/src/
+    cd /tmp/src && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    data=.gpu-data/KorQuAD_v1.0_dev.json
+    python3 -m pytest -q -m gpu tests/models/test_gpu.py -p no:cacheprovider --tb=short 2>&1 \
+      | grep -E "^E |Error|passed|failed|^tests/" | head -30
+    for kind in ensemble greedy; do
+      python3 -m bench.request_phases --random-init .gpu-meta --data "$data" --kind $kind --out "$OUT/phases-$kind" \
+        2>&1 | grep -E "^\|"
+    done
+    python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --quantization 4bit --new-tokens 12 \
+      --concurrency 1,8,32 --questions 32 --requests 24 --cell-seconds 15 --warmup 4 --out "$OUT/http" 2>&1 \
+      | grep -E "^\||ready in"
     ;;
   latency)  # /answer at concurrency 1 with the default decoder (loop, warmed up) and with generate, side by side
     (cd /tmp/src && rm -rf app engine models ensemble bench && cp -r "$OLDPWD"/{app,engine,models,ensemble,bench} . \
@@ -92,7 +147,7 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
     tail -3 "$RES/background.log"
     ;;
   status)
-    tail -20 "$RES/background.log"; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+    tail -20 "$RES/${2:-background}.log"; nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
     ;;
   collect)
     cp "$RES/background.log" "$OUT/" 2>/dev/null

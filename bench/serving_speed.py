@@ -16,12 +16,13 @@ Per variant (how the base is loaded: 4bit = NF4 with bf16 compute, bf16 = no qua
   c. time per generated token of ONE greedy row through the generator ((64-token run - 1-token run) / 63):
      base alone, a base row with an adapter resident, an adapter row; and the floor = bytes read per step
      (weights, KV cache of the prompt, resident LoRA) / the card's bandwidth (by name, or --bandwidth-gbs).
-Each --generator-kwargs JSON object (repeatable) is passed to `Generator(...)` and gives its own rows, so
-generator options (a LoRA backend, compilation, our decode loop) can be compared in one run; the naive loop
-runs once per variant. Every generation makes exactly --new-tokens tokens: min_new_tokens = max_new_tokens
-on the model's generation config and `stop_at_newline=False` (random weights rarely end a line, a real model
-does; fixed lengths keep both sides' work equal). Timings are wall clock between torch.cuda.synchronize()
-calls, each after a warm-up of the same work.
+Each --generator-kwargs JSON object (repeatable) is passed to `Generator(...)` over the service's defaults
+(`decoder="auto"`: our decode loop with the stacked backend; '{"decoder": "hf"}' is `generate`) and gives
+its own rows, so generator options (a LoRA backend, compilation, the decoder) can be compared in one run;
+the naive loop runs once per variant. Every generation makes exactly --new-tokens tokens: min_new_tokens =
+max_new_tokens on the model's generation config and `stop_at_newline=False` (random weights rarely end a
+line, a real model does; fixed lengths keep both sides' work equal). Timings are wall clock between
+torch.cuda.synchronize() calls, each after a warm-up of the same work.
 Run it twice before trusting a difference: on the lent H200 the per-token time of the same row varied by up
 to 2x between runs (the decode step is bound by kernel launches and Python, not by the GPU), and the table
 gives each row's min - max over --repeats.

@@ -137,7 +137,9 @@ def run_service(
 
     model, tokenizer, load_s = _load(base, variant, cfg.device)
     model.generation_config.min_new_tokens = cfg.new_tokens  # fixed lengths: EOS masked until the last token
-    generator = Generator(model, tokenizer, **{"stop_at_newline": False, **generator_kwargs})
+    # decoder "auto" as the service has it (Generator's own default is transformers' generate)
+    options = {"stop_at_newline": False, "decoder": "auto", **generator_kwargs}
+    generator = Generator(model, tokenizer, **options)
     bandwidth = card_bandwidth(cfg.device, cfg.bandwidth_gbs)
     first = questions[0]
     probe = render_prompt(cfg.prompts[0], first.context, first.question, chat=generator.has_chat_template)
@@ -224,7 +226,7 @@ def run_service(
 
 
 def _pipeline(generator: Any, adapters: list[str], questions: list[QAExample], cfg: SpeedConfig) -> dict:
-    """(a), the service side: a warm-up chunk, then every question in chunks; the peak memory of the run."""
+    """(a), the service side: a warm-up pass, then every question in chunks; the peak memory of the run."""
     import torch
 
     members = [Member(adapter=name) for name in adapters]
@@ -235,7 +237,7 @@ def _pipeline(generator: Any, adapters: list[str], questions: list[QAExample], c
         default_members=lambda: members,
     )
     subset = questions[: cfg.questions]
-    pipeline_run(pipeline, subset[: cfg.chunk], cfg.chunk)  # warm-up
+    pipeline_run(pipeline, subset, cfg.chunk)  # warm-up: the same work (a server's shapes are warm too)
     calls = pipeline.stats.generate_calls
     stats = getattr(generator, "stats", None)  # newer generators count the tokens they make
     if cfg.device.startswith("cuda"):

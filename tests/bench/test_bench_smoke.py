@@ -156,9 +156,22 @@ def test_compile_probe_smoke(tmp_path) -> None:
     assert compile_probe.main(["--smoke", "--batches", "1x1,2x2", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "compile_probe.json").read_text())
     rows = {(row["batch"], row["mode"]): row for row in report["rows"]}
-    modes = ("eager", "compiled", "loop")  # loop-graphs: CUDA only
+    modes = ("eager", "compiled", "loop", "loop-compiled")  # loop-graphs: CUDA only
     assert rows.keys() == {(batch, mode) for batch in ("1x1", "2x2") for mode in modes}
     assert all(positive(row["ms_per_token"]) and positive(row["speedup"]) for row in rows.values())
+
+
+def test_request_phases_smoke(tmp_path) -> None:
+    from bench import request_phases
+
+    assert request_phases.main(["--smoke", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "request_phases.json").read_text())
+    phases = report["median_ms"]
+    assert positive(phases["prefill"]) and positive(phases["steps"]) and positive(phases["tokenize"])
+    assert len(report["requests"]) == 2
+    for request in report["requests"]:  # the phases add up to the whole request
+        parts = sum(request[p] for p in request_phases.PHASES)
+        assert parts == pytest.approx(request["total"]) and request["rest"] >= 0
 
 
 def test_serving_speed_smoke_with_the_decode_loop(

@@ -1,0 +1,172 @@
+"""Where one `/answer`'s time goes, phase by phase, on the service's own path (no HTTP).
+
+    python -m bench.request_phases --random-init .gpu-meta --data .gpu-data/KorQuAD_v1.0_dev.json \
+        [--variant 4bit] [--generator-kwargs '{"compile_backend": "inductor"}'] [--requests 8]
+    python -m bench.request_phases --smoke     # tiny-random on the CPU
+
+The pipeline (3 random adapters x 2 prompts x 3 beams, or one greedy row with `--kind greedy`) answers
+KorQuAD eval questions one at a time, as `/answer` at concurrency 1 does, after answering them all once (so
+the decode loop's shapes exist, as a warmed server's do). Each phase is timed by wrapping the method that runs
+it, with the device synchronised at its edges, so GPU work is charged to the phase that queued it:
+tokenize (`Generator._encode`), prefill (the forward over the prompts, `DecodeLoop.decode` less its steps),
+steps (`DecodeLoop._steps`: every decode step and the token choice), detokenize (the loop's texts), and the
+rest of `answer` (planning, rendering prompts, cleaning and voting candidates). Prints a table of
+milliseconds per request (median) and writes JSON under `bench/results/<date>-request-phases/`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from bench.measure import sync
+from bench.workload import (
+    default_cache_dir,
+    default_out,
+    environment,
+    load_questions,
+    make_lora_adapters,
+    markdown_table,
+    resolve_base,
+    write_json,
+)
+
+logger = logging.getLogger("bench.request_phases")
+PHASES = ("tokenize", "prefill", "steps", "detokenize", "rest")
+
+
+class PhaseClock:
+    """Milliseconds per phase of the current request, each phase's edges synchronised with the device."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.current: dict[str, float] = defaultdict(float)
+
+    def wrap(self, owner: Any, name: str, phase: str) -> None:
+        """Time `owner.name` (a method) as `phase`; a nested timed call is subtracted from its caller."""
+        inner: Callable[..., Any] = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            sync(self.device)
+            before = dict(self.current)
+            started = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                sync(self.device)
+                nested = sum(self.current[p] - before.get(p, 0.0) for p in self.current)
+                self.current[phase] += (time.perf_counter() - started) * 1000 - nested
+
+        setattr(owner, name, timed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
+    parser.add_argument("--random-init", type=Path, help="config.json + tokenizer folder: random weights")
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/korquad/KorQuAD_v1.0_dev.json"))
+    parser.add_argument("--variant", default="4bit", choices=("4bit", "bf16"))
+    parser.add_argument("--kind", default="ensemble", choices=("ensemble", "greedy"))
+    parser.add_argument("--generator-kwargs", default="{}", help="JSON: Generator arguments (decoder: auto)")
+    parser.add_argument("--requests", type=int, default=8)
+    parser.add_argument("--new-tokens", type=int, default=12)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--smoke", action="store_true", help="tiny-random on the CPU, two requests")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.model, args.random_init, args.device, args.variant, args.requests = (
+            "tiny-random",
+            None,
+            "cpu",
+            "bf16",
+            2,
+        )
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
+    from ensemble.pipeline import EnsemblePipeline, PipelineConfig, QARequest
+    from ensemble.plan import Decoding, Member
+    from models.decode_loop import DecodeLoop
+    from models.generator import Generator
+    from models.loading import LoadConfig, load_base
+
+    out = args.out or default_out("request-phases")
+    if args.smoke:
+        questions = [("서울은 대한민국의 수도이다.", "수도는?"), ("비가 왔다.", "무엇이 왔나?")]
+    else:
+        questions = [
+            (q.context, q.question) for q in load_questions(args.data, split="eval", count=args.requests)
+        ]
+    clock = PhaseClock(args.device)
+    with tempfile.TemporaryDirectory() as scratch:
+        base = resolve_base(args.model, args.random_init, Path(scratch), args.cache_dir, device=args.device)
+        names = [f"bench-lora-{i:02d}" for i in range(1, 4)]
+        specs = make_lora_adapters(base, Path(scratch) / "adapters", names)
+        quantization = "4bit" if args.variant == "4bit" else "none"
+        dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
+        model, tokenizer = load_base(
+            base.path, LoadConfig(device=args.device, quantization=quantization, dtype=dtype)
+        )
+        kwargs = {"decoder": "auto", **json.loads(args.generator_kwargs)}  # the service's default decoder
+        generator = Generator(model, tokenizer, **kwargs)
+        for spec in specs:
+            generator.load_adapter(spec)
+        members = [Member(adapter=n) for n in (names if args.kind == "ensemble" else names[:1])]
+        prompts = ("zero-shot", "principled") if args.kind == "ensemble" else ("zero-shot",)
+        strategy = {"strategy": "beam", "num_beams": 3} if args.kind == "ensemble" else {"strategy": "greedy"}
+        pipeline = EnsemblePipeline(
+            generator,
+            PipelineConfig(
+                default_prompts=prompts, default_decoding=Decoding(max_new_tokens=args.new_tokens, **strategy)
+            ),
+            default_members=lambda: members,
+        )
+        requests = [QARequest(context=c, question=q) for c, q in questions]
+        model.generation_config.min_new_tokens = (
+            args.new_tokens
+        )  # random weights: every answer runs its budget
+        for request in requests:  # warm: every shape these requests meet exists (compiled, captured)
+            pipeline.answer_many([request])
+        clock.wrap(Generator, "_encode", "tokenize")
+        clock.wrap(DecodeLoop, "decode", "prefill")
+        clock.wrap(DecodeLoop, "_steps", "steps")
+        clock.wrap(tokenizer, "decode", "detokenize")
+        rows: list[dict[str, float]] = []
+        for request in requests:
+            clock.current.clear()
+            sync(args.device)
+            started = time.perf_counter()
+            pipeline.answer_many([request])
+            sync(args.device)
+            total = (time.perf_counter() - started) * 1000
+            phases = {p: clock.current.get(p, 0.0) for p in PHASES if p != "rest"}
+            phases["rest"] = total - sum(phases.values())
+            rows.append({**phases, "total": total})
+    summary = {key: round(statistics.median(r[key] for r in rows), 2) for key in (*PHASES, "total")}
+    report = {
+        "environment": environment(args.device),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "median_ms": summary,
+        "requests": rows,
+    }
+    table = markdown_table(
+        ("phase", "ms per request (median)", "share"),
+        [(p, summary[p], f"{summary[p] / summary['total']:.0%}") for p in (*PHASES, "total")],
+    )
+    write_json(out / "request_phases.json", report)
+    (out / "request_phases.md").write_text(table + "\n", encoding="utf-8")
+    sys.stdout.write(table + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
