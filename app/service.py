@@ -116,6 +116,7 @@ class QAService:
             lora_backend=s.lora_backend,
             compile=s.compile,
             decoder=s.decoder,
+            decode_cache_mb=s.decode_cache_mb,
             warmup=s.warmup,
             max_resident_adapters=s.max_resident_adapters,
             pinned_adapters=tuple(s.pinned_adapters),

@@ -69,6 +69,14 @@ class ServiceSettings(BaseSettings):
         "Sampled requests always use generate. loop needs lora_backend=stacked; auto: loop with stacked, "
         "hf with peft.",
     )
+    decode_cache_mb: int | None = Field(
+        None,
+        ge=1,
+        description="Memory the decode loop keeps for its shapes (KV buffers and CUDA graphs of the batch "
+        "shapes met; least recently used out first), in MiB. Unset: a fifth of the GPU's memory on CUDA (at "
+        "least 4 GiB: a 16-question /batch chunk of the 0.5B ensemble needs ~4-6 GB a shape), 4 GiB "
+        "elsewhere.",
+    )
     warmup: bool | Literal["auto"] = Field(
         "auto",
         description="Before /readyz says ready, decode dummy prompts through the decode loop once per shape "

@@ -63,6 +63,8 @@ class EngineConfig:
     preload_adapters: bool = True
     """Load every adapter of `adapters_dir` at start. False: start with the base alone and load adapters by
     name later (`Engine.load_adapter`), as Ray Serve replicas do for the adapter sets routed to them."""
+    decode_cache_mb: int | None = None
+    """MiB the decode loop keeps for its shapes; None: a fifth of the GPU's memory (>= 4 GiB), else 4 GiB."""
     warmup: bool | Literal["auto"] = False
     """Make the decode loop's shapes for the default plan and a single greedy row before `build_engine`
     returns (`Engine.warm_up`); "auto": only on CUDA, where each is a CUDA graph to capture. Needs
@@ -198,6 +200,7 @@ def build_engine(config: EngineConfig) -> Engine:
         lora_backend=config.lora_backend,
         compile_backend="inductor" if config.compile else None,
         decoder=config.decoder,
+        decode_cache_bytes=config.decode_cache_mb << 20 if config.decode_cache_mb else None,
     )
     registry = None
     if config.adapters_dir is not None and not config.preload_adapters:

@@ -21,10 +21,10 @@ at ~1.1k tokens, ~4 GB of KV in a 0.5B model) up to 4x instead of 2.25x the memo
 Off CUDA graphs the prefill runs the real rows and width, and each padding row of the decode state copies
 prompt 0's KV, mask and positions (nothing fully masked, so no NaN) and runs under no adapter. On CUDA the
 prefill too is padded to a shape (prompt rows, width on the ladder from `MIN_PROMPT`: `PrefillState`) and
-replayed from a graph, because an eager forward costs ~40 ms of launches whatever its length (measured: a
-650-token greedy prefill went from 65 to 9 ms). The searches keep padding rows out of their stop logic and
-their results (`real`). `warm_up` decodes dummy prompts through `decode` so that a server captures the shapes
-it will meet first before it says it is ready.
+replayed from a graph (up to `PREFILL_GRAPH_TOKENS`; a larger one runs as it is), because an eager forward
+costs ~40 ms of launches whatever its length (measured: a 650-token greedy prefill went from 65 to 9 ms). The
+searches keep padding rows out of their stop logic and their results (`real`). `warm_up` decodes dummy
+prompts through `decode` so that a server captures the shapes it will meet first before it says it is ready.
 
 Within a state the prompts fill the cache from slot 0 and new tokens its last slots (`MIN_GENERATED` or
 more), so that a beam reorder copies only the new tokens' slots: the beams of a prompt share its prompt
@@ -71,6 +71,8 @@ MIN_PROMPT = 64
 PREFILL_GRAPH_TOKENS = 16384
 """Largest prefill (rows x width) captured as a CUDA graph: above it the launches are amortised over enough
 tokens, and a graph's activations would hold too much memory."""
+MIN_CACHE_BYTES = 4 << 30
+"""The least memory kept for shapes by default (a 16-question chunk of the 0.5B ensemble: 4-6 GB a shape)."""
 MIN_GENERATED = 32
 """The fewest cache slots kept for new tokens (more on `bucket`'s ladder for longer budgets): every budget up
 to it (the service's 24, warm-up's 2) meets the same shapes."""
@@ -103,8 +105,9 @@ class DecodeLoop:
 
     `cuda_graphs`: on CUDA, capture each shape's step once and replay it (eager when off or elsewhere);
     `cache_bytes`: bytes of the shapes kept (KV buffers, the beam reorder's copy, log-probabilities), least
-    recently used out first; `min_length`: the shortest cache length bucket (lengths and prompt rows are
-    rounded up `bucket`'s ladder, so similar batches share a shape and its graph).
+    recently used out first (a quarter of it for prefills); None: a fifth of the device's memory on CUDA, at
+    least `MIN_CACHE_BYTES`, else `MIN_CACHE_BYTES`; `min_length`: the shortest cache length bucket (lengths
+    and prompt rows are rounded up `bucket`'s ladder, so similar batches share a shape and its graph).
     Not thread-safe: the generator's lock serialises calls.
     """
 
@@ -115,7 +118,7 @@ class DecodeLoop:
         eos_ids: Sequence[int],
         stacked: StackedLora | None,
         cuda_graphs: bool = True,
-        cache_bytes: int = 4 << 30,
+        cache_bytes: int | None = None,
         min_length: int = MIN_LENGTH,
         compile_backend: str | None = None,
     ) -> None:
@@ -125,6 +128,10 @@ class DecodeLoop:
         use_grouped_attention(model)  # one query token per step: no copies of the cache for its KV heads
         self.model, self.stacked = model, stacked
         self.eos = torch.tensor(list(eos_ids), dtype=torch.long)
+        if cache_bytes is None:
+            device = model.device
+            total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 0
+            cache_bytes = max(MIN_CACHE_BYTES, total // 5)
         self.cuda_graphs, self.cache_bytes, self.min_length = cuda_graphs, cache_bytes, min_length
         self._states: OrderedDict[tuple, DecodeState] = OrderedDict()
         self._prefills: OrderedDict[tuple, PrefillState] = OrderedDict()  # by (rows, width, LoRA or not)
@@ -169,7 +176,7 @@ class DecodeLoop:
         """Per prompt row `num_return_sequences` outputs (1 when greedy); `line_ends` also stops at the end
         of the answer's first non-empty line; EOS is impossible before `min_new_tokens` tokens."""
         prompts, k, width, device = input_ids.shape[0], num_beams, max_new_tokens, input_ids.device
-        static = self.static_prefill if self.static_prefill is not None else self._graphs_on(device)
+        static = self._static_prefill(bucket(prompts), input_ids.shape[1], device)
         rows = bucket(prompts) if width > 1 or static else prompts  # prompts in the state, padding included
         with torch.inference_mode():
             self._check_lora_version()
@@ -319,6 +326,17 @@ class DecodeLoop:
         if self._graph_pool is None:
             self._graph_pool = torch.cuda.graph_pool_handle()
         return self._graph_pool
+
+    def _static_prefill(self, rows: int, width: int, device: torch.device) -> bool:
+        """Pad the prefill to its shape bucket? Where it is captured (CUDA graphs on, at most
+        `PREFILL_GRAPH_TOKENS`): a larger prefill is bound by compute, which padding would only add to."""
+        if self.static_prefill is not None:
+            return self.static_prefill
+        return (
+            self._graphs_on(device)
+            and self._prefill_graphs
+            and rows * bucket(width, MIN_PROMPT) <= PREFILL_GRAPH_TOKENS
+        )
 
     def _graphs_on(self, device: torch.device) -> bool:
         return self.cuda_graphs and device.type == "cuda"

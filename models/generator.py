@@ -62,6 +62,7 @@ class Generator:
         compile_backend: str | None = None,
         decoder: Literal["auto", "hf", "loop"] = "hf",
         cuda_graphs: bool = True,
+        decode_cache_bytes: int | None = None,
     ):
         self._model = model
         self._tokenizer = tokenizer
@@ -112,6 +113,7 @@ class Generator:
                 eos_ids=eos_ids,
                 stacked=self._stacked,
                 cuda_graphs=cuda_graphs,
+                cache_bytes=decode_cache_bytes,
                 compile_backend=compile_backend,
             )
             if decoder == "loop"

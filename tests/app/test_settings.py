@@ -1,6 +1,10 @@
-"""Settings: which adapters a server serves when QA_ADAPTERS_DIR is not set; QA_DECODER reaches the model."""
+"""Settings: which adapters a server serves when QA_ADAPTERS_DIR is not set; QA_DECODER and QA_DECODE_CACHE_MB
+reach the model."""
 
 from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
 
 from app.settings import EMBEDDED_ADAPTERS_BASE, REPO_ROOT, ServiceSettings
 
@@ -26,3 +30,23 @@ def test_qa_decoder_reaches_the_generator(tiny_settings: ServiceSettings, monkey
         )
         assert answer.status_code == 200 and answer.json()["n_candidates"] > 0
         assert client.app.state.service._engine.generator.decoder == "loop"
+
+
+def test_qa_decode_cache_mb_bounds_the_decode_loops_shapes(
+    tiny_settings: ServiceSettings, monkeypatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import build_app
+    from models.decode_loop import MIN_CACHE_BYTES
+
+    monkeypatch.setenv("QA_DECODE_CACHE_MB", "64")
+    assert ServiceSettings().decode_cache_mb == 64
+    monkeypatch.setenv("QA_DECODE_CACHE_MB", "0")
+    with pytest.raises(ValidationError, match="decode_cache_mb"):
+        ServiceSettings()
+    for value, expected in ((64, 64 << 20), (None, MIN_CACHE_BYTES)):  # unset on the CPU: the 4 GiB floor
+        settings = tiny_settings.model_copy(update={"decoder": "loop", "decode_cache_mb": value})
+        with TestClient(build_app(settings)) as client:
+            assert client.app.state.service.wait_ready(timeout=60)
+            assert client.app.state.service._engine.generator._loop.cache_bytes == expected
