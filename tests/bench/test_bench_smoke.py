@@ -68,7 +68,11 @@ def questions_file(tmp_path: Path) -> Path:
 
 
 def positive(value: object) -> bool:
-    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+    return finite(value) and value > 0
+
+
+def finite(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
 
 
 def smoke_args(model: Path, questions: Path, out: Path) -> list[str]:
@@ -158,7 +162,10 @@ def test_compile_probe_smoke(tmp_path) -> None:
     rows = {(row["batch"], row["mode"]): row for row in report["rows"]}
     modes = ("eager", "compiled", "loop", "loop-compiled")  # loop-graphs: CUDA only
     assert rows.keys() == {(batch, mode) for batch in ("1x1", "2x2") for mode in modes}
-    assert all(positive(row["ms_per_token"]) and positive(row["speedup"]) for row in rows.values())
+    # a difference of two timed runs of a tiny model: its sign is noise on a busy CPU (the GPU numbers are
+    # docs/benchmarks.md's); the smoke test checks that every cell was measured
+    assert all(finite(row["ms_per_token"]) and finite(row["first_call_s"]) for row in rows.values())
+    assert all(row["speedup"] is None or finite(row["speedup"]) for row in rows.values())
 
 
 def test_request_phases_smoke(tmp_path) -> None:
