@@ -30,7 +30,7 @@ from typing import Any
 
 from bench.measure import forced_decode, sync
 from bench.workload import (
-    default_cache_dir,
+    add_base_args,
     default_out,
     environment,
     load_questions,
@@ -86,10 +86,7 @@ def _ms_per_token(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
-    parser.add_argument("--random-init", type=Path, help="config.json + tokenizer folder: random weights")
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/korquad/KorQuAD_v1.0_dev.json"))
+    add_base_args(parser)
     parser.add_argument("--variants", default="bf16,4bit")
     parser.add_argument("--modes", default=",".join(MODES), help=f"comma-separated: {', '.join(MODES)}")
     parser.add_argument("--batches", default="1x1", help="comma-separated ROWSxBEAMS, e.g. 1x1,6x3")

@@ -39,8 +39,7 @@ import httpx
 
 from bench.qa_server import Server, cpu_delta, metrics_delta, scrape
 from bench.workload import (
-    DEFAULT_DATA,
-    default_cache_dir,
+    add_base_args,
     default_out,
     environment,
     load_questions,
@@ -241,18 +240,13 @@ def table(report: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="QA_MODEL: key, folder or hub id")
-    parser.add_argument(
-        "--random-init", type=Path, help="folder with config.json + tokenizer: random weights"
-    )
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="$QA_CACHE_DIR")
+    add_base_args(parser)
     parser.add_argument("--adapters-dir", type=Path, help="QA_ADAPTERS_DIR (default: --n-adapters random)")
     parser.add_argument("--n-adapters", type=int, default=3, help="random adapters when no --adapters-dir")
     parser.add_argument("--lora-r", type=int, default=16)
     parser.add_argument("--lora-alpha", type=int, default=32)
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     parser.add_argument("--quantization", default="auto", choices=("auto", "4bit", "none"))
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--split", default="eval", choices=("eval", "train", "all"))
     parser.add_argument("--questions", type=int, default=64, help="distinct questions, cycled")
     parser.add_argument("--kinds", default="ensemble,greedy")

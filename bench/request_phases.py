@@ -30,7 +30,7 @@ from typing import Any
 
 from bench.measure import sync
 from bench.workload import (
-    default_cache_dir,
+    add_base_args,
     default_out,
     environment,
     load_questions,
@@ -71,10 +71,7 @@ class PhaseClock:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="qwen2.5-coder-0.5b")
-    parser.add_argument("--random-init", type=Path, help="config.json + tokenizer folder: random weights")
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
-    parser.add_argument("--data", type=Path, default=Path("../shared/data/korquad/KorQuAD_v1.0_dev.json"))
+    add_base_args(parser)
     parser.add_argument("--variant", default="4bit", choices=("4bit", "bf16"))
     parser.add_argument("--kind", default="ensemble", choices=("ensemble", "greedy"))
     parser.add_argument("--generator-kwargs", default="{}", help="JSON: Generator arguments (decoder: auto)")

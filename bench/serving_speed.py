@@ -47,9 +47,8 @@ from typing import Any
 
 from bench.speed_runs import VARIANTS, SpeedConfig, run_all
 from bench.workload import (
-    DEFAULT_DATA,
     adapter_specs,
-    default_cache_dir,
+    add_base_args,
     default_out,
     environment,
     load_questions,
@@ -145,13 +144,8 @@ def tables(report: dict[str, Any]) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="model key, folder or hub id")
-    parser.add_argument(
-        "--random-init", type=Path, help="folder with config.json + tokenizer: random weights"
-    )
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="$QA_CACHE_DIR")
+    add_base_args(parser)
     parser.add_argument("--adapters-dir", type=Path, help="real adapters (random ones make up the number)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--split", default="eval", choices=("eval", "train", "all"))
     parser.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     parser.add_argument("--variants", default="4bit,bf16", help=f"comma-separated: {', '.join(VARIANTS)}")

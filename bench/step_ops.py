@@ -31,7 +31,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from bench.measure import forced_decode
 from bench.workload import (
-    default_cache_dir,
+    add_base_args,
     default_out,
     environment,
     make_lora_adapters,
@@ -133,9 +133,7 @@ def count_ops(gen: Any, prompt: Any, adapters: list[str | None], beams: int, tok
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="qwen2.5-coder-0.5b", help="model key or folder")
-    parser.add_argument("--random-init", type=Path, help="config.json + tokenizer folder: random weights")
-    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    add_base_args(parser, data=False)
     parser.add_argument("--adapters", type=int, default=1, help="resident adapters; rows cycle through them")
     parser.add_argument("--rows", type=int, default=1, help="prompt rows in the batch")
     parser.add_argument("--beams", type=int, default=1)

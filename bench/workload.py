@@ -9,6 +9,7 @@ Run the scripts from the repository root (`python -m bench.serving_speed ...`) s
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -51,6 +52,20 @@ def default_cache_dir() -> Path:
 def default_out(name: str) -> Path:
     """`bench/results/<date>-<name>/`."""
     return ROOT / "bench" / "results" / f"{datetime.now(UTC).strftime('%Y-%m-%d')}-{name}"
+
+
+def add_base_args(parser: argparse.ArgumentParser, *, data: bool = True) -> None:
+    """The arguments every speed bench takes for its base and questions: --model, --random-init, --cache-dir
+    and (with `data`) --data."""
+    parser.add_argument(
+        "--model", default="qwen2.5-coder-0.5b", help="model key, folder or hub id (QA_MODEL)"
+    )
+    parser.add_argument(
+        "--random-init", type=Path, help="folder with config.json + tokenizer: random weights in its shape"
+    )
+    parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(), help="$QA_CACHE_DIR")
+    if data:
+        parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="KorQuAD 1.0 JSON")
 
 
 def load_questions(path: Path, *, split: str, count: int, seed: int = 0) -> list[QAExample]:
