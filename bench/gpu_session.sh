@@ -9,7 +9,6 @@
 #   bash bench/gpu_session.sh speed            issue 5's runs on random weights, in the background
 #   bash bench/gpu_session.sh latency          /answer at concurrency 1, decode loop vs generate (background)
 #   bash bench/gpu_session.sh compiled         the loop with and without its step compiled (background)
-#   bash bench/gpu_session.sh phases           GPU test failures in short; one request's time by phase
 #   bash bench/gpu_session.sh final            GPU tests, request phases and /answer latency, foreground
 #   bash bench/gpu_session.sh part N           carry .gpu-partN: one part of the base GGUF into /tmp/parts
 #   bash bench/gpu_session.sh status           what the background runs printed last
@@ -101,19 +100,6 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
       --generator-kwargs '{"decoder": "hf"}' --generator-kwargs '{}' --generator-kwargs '{"compile_backend": "inductor"}' \
       --out "$RES/serving_speed"
     echo "compiled finished"
-    ;;
-  phases)  # the GPU tests' failures in short, then where one request's time goes (bench/request_phases.py)
-    rm -rf /tmp/src/{app,engine,models,ensemble,bench,tests} && cp -r {app,engine,models,ensemble,bench,tests} /tmp/src/
-    cd /tmp/src && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-    data=.gpu-data/KorQuAD_v1.0_dev.json
-    python3 -m pytest -q -m gpu tests/models/test_gpu.py -p no:cacheprovider --tb=short 2>&1 \
-      | grep -E "^E |Error|passed|failed|^tests/" | head -40
-    for kind in ensemble greedy; do
-      python3 -m bench.request_phases --random-init .gpu-meta --data "$data" --kind $kind --out "$OUT/phases-$kind" \
-        2>&1 | grep -E "^\|"
-    done
-    python3 -m bench.request_phases --random-init .gpu-meta --data "$data" --kind ensemble \
-      --generator-kwargs '{"compile_backend": "inductor"}' --out "$OUT/phases-ensemble-compiled" 2>&1 | grep -E "^\|"
     ;;
   final)  # GPU tests, one request's phases, /answer latency: the default server (decode loop, prefill graphs)
     rm -rf /tmp/src/{app,engine,models,ensemble,bench,tests} && cp -r {app,engine,models,ensemble,bench,tests} /tmp/src/

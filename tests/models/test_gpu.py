@@ -53,22 +53,34 @@ def test_sampling_on_cuda(cuda_generator):
     assert [len(c) for c in first] == [3, 3]
 
 
+def _generators(model_dir, adapters_dir, quantization: str, configs: dict[str, dict]) -> dict[str, Generator]:
+    """One generator a config, each on its own load of the base (fp32, or bf16 under a 4-bit base), with
+    every tiny adapter loaded."""
+    dtype = "float32" if quantization == "none" else "bfloat16"
+    base = read_base_info(model_dir)
+    gens = {}
+    for name, kwargs in configs.items():
+        model, tokenizer = load_base(model_dir, LoadConfig(quantization=quantization, dtype=dtype))
+        gens[name] = Generator(model, tokenizer, **kwargs)
+        registry = AdapterRegistry.from_dir(
+            adapters_dir, base_key=base.key, base_fingerprint=base.fingerprint
+        )
+        for spec in registry:
+            gens[name].load_adapter(spec)
+    return gens
+
+
 @pytest.mark.parametrize("quantization", ["none", "4bit"])
 def test_decode_loop_with_cuda_graphs(tiny_model_dir, tiny_adapters_dir, quantization):
     """The loop replaying CUDA graphs gives the candidates of the loop stepping eagerly (in fp32, also those
     of generate), padding rows included (5 prompts decode as 6); each shape is captured once, and a warm-up
     captures the shapes a later request meets."""
-    dtype = "float32" if quantization == "none" else "bfloat16"
-    base = read_base_info(tiny_model_dir)
-    gens = {}
-    for name, kwargs in {"hf": {}, "eager": {"cuda_graphs": False}, "graphs": {"cuda_graphs": True}}.items():
-        model, tokenizer = load_base(tiny_model_dir, LoadConfig(quantization=quantization, dtype=dtype))
-        gens[name] = Generator(model, tokenizer, **({"decoder": "loop", **kwargs} if kwargs else {}))
-        registry = AdapterRegistry.from_dir(
-            tiny_adapters_dir, base_key=base.key, base_fingerprint=base.fingerprint
-        )
-        for spec in registry:
-            gens[name].load_adapter(spec)
+    gens = _generators(
+        tiny_model_dir,
+        tiny_adapters_dir,
+        quantization,
+        {"hf": {}, "eager": {"decoder": "loop", "cuda_graphs": False}, "graphs": {"decoder": "loop"}},
+    )
     prompts = [PROMPT, "짧은 질문?", PROMPT, "짧은 질문?", PROMPT]
     adapters = ["alpha", None, "gamma", "beta", None]
     for decoding in (
@@ -99,20 +111,13 @@ def test_compiled_decode_loop_on_cuda(tiny_model_dir, tiny_adapters_dir, quantiz
     and replayed from CUDA graphs gives the eager loop's candidates: the same texts in fp32, where fused
     kernels only reorder float sums; in bf16 the best scores within 0.1 (a fused RMSNorm or rotary skips the
     intermediate bf16 roundings the eager modules make; 0.062 was the largest difference seen on an H200)."""
-    dtype = "float32" if quantization == "none" else "bfloat16"
-    base = read_base_info(tiny_model_dir)
-    gens = {}
-    for name, kwargs in {
-        "eager": {"cuda_graphs": False},
-        "compiled": {"compile_backend": "inductor"},
-    }.items():
-        model, tokenizer = load_base(tiny_model_dir, LoadConfig(quantization=quantization, dtype=dtype))
-        gens[name] = Generator(model, tokenizer, decoder="loop", **kwargs)
-        registry = AdapterRegistry.from_dir(
-            tiny_adapters_dir, base_key=base.key, base_fingerprint=base.fingerprint
-        )
-        for spec in registry:
-            gens[name].load_adapter(spec)
+    loop = {"decoder": "loop"}
+    gens = _generators(
+        tiny_model_dir,
+        tiny_adapters_dir,
+        quantization,
+        {"eager": {**loop, "cuda_graphs": False}, "compiled": {**loop, "compile_backend": "inductor"}},
+    )
     prompts = [PROMPT, "짧은 질문?", PROMPT, "짧은 질문?", PROMPT]
     adapters = ["alpha", None, "gamma", "beta", None]
     for decoding in (
