@@ -30,10 +30,11 @@ Within a state the prompts fill the cache from slot 0 and new tokens its last sl
 more), so that a beam reorder copies only the new tokens' slots: the beams of a prompt share its prompt
 slots. The step's forward gets its 4-D mask ready made (one query token: the padding mask is all of it),
 writes its KV through `models.decode_state.StepCache` (two operators a layer), and attends with
-`models.attention.grouped_sdpa` (no copy of the cache per query head). With `compile_backend` the step is
-compiled by torch.compile (inductor fuses each chain of small operators into one kernel; the 4-bit matmul
-stays bitsandbytes' operator) and the CUDA graph captures the compiled kernels; shapes after the first
-recompile once as dynamic (TorchDynamo's automatic dynamic shapes), not once each.
+`models.fast_paths.grouped_sdpa` (no copy of the cache per query head; RMSNorm runs as one operator too).
+With `compile_backend` the step is compiled by torch.compile (inductor fuses each chain of small operators
+into one kernel; the 4-bit matmul stays bitsandbytes' operator) and the CUDA graph captures the compiled
+kernels; shapes after the first recompile once as dynamic (TorchDynamo's automatic dynamic shapes), not once
+each.
 
 It does not sample (sampled requests stay on `generate`), tokenize, or choose adapters: the generator does,
 and this loop only asks its `StackedLora` for the rows' mask (`set_rows`, a persistent buffer per row count).
@@ -52,9 +53,9 @@ import torch
 from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import StaticLayer
 
-from models.attention import use_grouped_attention
 from models.decode_state import DecodeState, PrefillState
 from models.decoding import LineEnds
+from models.fast_paths import use_fast_paths
 from models.multi_lora import StackedLora
 from models.search import BeamSearch, Decoded, Greedy, Stops
 
@@ -125,7 +126,7 @@ class DecodeLoop:
         layers = StaticCache(config=model.config, max_cache_len=1).layers
         if any(type(layer) is not StaticLayer for layer in layers):
             raise ValueError("the decode loop needs a model whose layers all use full attention")
-        use_grouped_attention(model)  # one query token per step: no copies of the cache for its KV heads
+        use_fast_paths(model)  # grouped SDPA for one query token, RMSNorm as one operator
         self.model, self.stacked = model, stacked
         self.eos = torch.tensor(list(eos_ids), dtype=torch.long)
         if cache_bytes is None:
