@@ -7,11 +7,12 @@
 
 It starts the server as the service runs (bench/qa_server.py: `python -m app.cli`, QA_* variables) on a free
 loopback port, waits for /readyz, then for each request kind and concurrency sends --warmup unmeasured
-requests and then up to --requests requests from that many concurrent clients (httpx, asyncio; none starts
-after --cell-seconds), each a KorQuAD eval question. Per cell: client latency p50/p95/p99, answered
-requests/s, the server's own `elapsed_ms` (pipeline and vote, without HTTP and admission), every non-200
-status, and from /metrics (when served) the generation passes, questions per pass (micro-batching), new
-tokens per sequence and the peak accelerator memory. Request kinds:
+rounds of that many concurrent requests (other questions than the measured ones: the micro-batch shapes of
+that load are made first) and then up to --requests requests from that many concurrent clients (httpx,
+asyncio; none starts after --cell-seconds), each a KorQuAD eval question. Per cell: client latency
+p50/p95/p99, answered requests/s, the server's own `elapsed_ms` (pipeline and vote, without HTTP and
+admission), every non-200 status, and from /metrics (when served) the generation passes, questions per
+pass (micro-batching), new tokens per sequence and the peak accelerator memory. Request kinds:
   ensemble: every served adapter x --prompts (zero-shot, principled) x 3 beams (all beam outputs voted);
   greedy:   one member (the first adapter, or --greedy-member base), the first prompt, greedy decoding.
 The server's queue is sized so no request is refused (QA_MAX_QUEUE, QA_REQUEST_TIMEOUT_S); everything else is
@@ -164,22 +165,27 @@ def measure(
 ) -> list[dict[str, Any]]:
     """Every kind x concurrency cell against the running server: a warm-up, then the measured requests."""
     cells = []
+    prompts = [p.strip() for p in args.prompts.split(",") if p.strip()]
     for kind in kinds:
-        bodies = [
-            request_body(
+
+        def body(i: int, kind: str = kind) -> dict[str, Any]:
+            return request_body(
                 kind,
                 questions[i % len(questions)],
                 adapters=adapters,
-                prompts=[p.strip() for p in args.prompts.split(",") if p.strip()],
+                prompts=prompts,
                 greedy_member=args.greedy_member,
                 new_tokens=args.new_tokens,
             )
-            for i in range(args.requests)
-        ]
+
+        bodies = [body(i) for i in range(args.requests)]
         for concurrency in concurrencies:
-            warmup = bodies[: max(args.warmup, 0)]
+            # --warmup rounds at the cell's concurrency, of the questions after the measured ones: the
+            # micro-batch sizes this load forms have met the server (its decode shapes are made) first
+            rounds = max(args.warmup, 0) * concurrency
+            warmup = [body(args.requests + i) for i in range(rounds)]
             if warmup:
-                asyncio.run(run_cell(server.url, warmup, min(concurrency, len(warmup))))
+                asyncio.run(run_cell(server.url, warmup, concurrency))
             before, cpu_before = scrape(server.url), server.thread_cpu_seconds()
             cell = asyncio.run(run_cell(server.url, bodies, concurrency, args.cell_seconds))
             cell["server_cpu"] = cpu_delta(cpu_before, server.thread_cpu_seconds(), cell["seconds"])
@@ -259,7 +265,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--cell-seconds", type=float, default=12.0, help="no request starts later in a cell (0: no limit)"
     )
-    parser.add_argument("--warmup", type=int, default=4, help="unmeasured requests before each cell")
+    parser.add_argument(
+        "--warmup", type=int, default=4, help="unmeasured rounds of `concurrency` requests before each cell"
+    )
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--server-env", action="append", default=[], metavar="QA_NAME=VALUE")
     parser.add_argument("--ready-timeout", type=float, default=600.0)
