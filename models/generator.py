@@ -1,8 +1,10 @@
-"""Batched candidate generation: one `generate` call for a whole list of (prompt, adapter) rows.
+"""Batched candidate generation: one decoding pass for a whole list of (prompt, adapter) rows.
 
 `Generator` implements the `CandidateGenerator` protocol of `ensemble/pipeline.py` (built-in types in and
-out). Every LoRA adapter stays resident on one shared peft model and each row names its adapter through peft's
-`adapter_names` (mixed-adapter batch), so no request ever calls `set_adapter` on the shared model. Prompts are
+out). Every LoRA adapter stays resident on the one base model and each row names its adapter: with the
+default stacked backend (`models.multi_lora`) through a per-row mask over all resident adapters' stacked
+matrices, with `lora_backend="peft"` through peft's `adapter_names` (mixed-adapter batch); no request ever
+switches the shared model's active adapter. Prompts are
 left-padded, generation stops at EOS and, by default, at the end of the answer's first non-empty line (answers
 are one line; the rest would be thrown away by `ensemble.clean` anyway). A lock serialises generation and
 adapter changes, because the server calls from threads. This module does not choose prompts, decoding plans or
