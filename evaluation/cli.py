@@ -90,6 +90,7 @@ def _run(args: argparse.Namespace) -> int:
         device=args.device,
         quantization=args.quantization,
         dtype=args.dtype,
+        decoder=args.decoder,
         max_input_tokens=args.max_input_tokens,
         default_prompts=args.prompts,
         default_decoding=decoding,
@@ -174,6 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("auto", "bfloat16", "float16", "float32"),
         default="auto",
         help="auto: bfloat16 on CUDA, float32 on the CPU",
+    )
+    run.add_argument(
+        "--decoder",
+        choices=("auto", "hf", "loop"),
+        default="auto",
+        help="how greedy and beam candidates decode, as QA_DECODER (default: auto, the service's: our decode "
+        "loop with the stacked LoRA backend)",
     )
     run.add_argument(
         "--max-input-tokens",

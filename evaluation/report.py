@@ -43,6 +43,8 @@ class RunFacts:
     device: str
     dtype: str
     quantization: str
+    decoder: str
+    """How greedy and beam candidates were decoded: "loop" (`models.decode_loop`) or "hf" (`generate`)."""
     max_input_tokens: int
     members: Sequence[tuple[str, float]]
     """(name, vote weight) per ensemble member; ("base", 1.0) for the base model alone."""
@@ -146,6 +148,7 @@ def build_report(facts: RunFacts, result: BatchResult, token_lengths: Sequence[i
             "device": facts.device,
             "dtype": facts.dtype,
             "quantization": facts.quantization,
+            "decoder": facts.decoder,
             "max_input_tokens": facts.max_input_tokens,
         },
         "members": [{"name": name, "weight": weight} for name, weight in facts.members],
@@ -191,7 +194,8 @@ def render_markdown(report: Mapping[str, Any], *, max_failed: int = 5) -> str:
         f"- {report['date']}, {model['device']}, {model['dtype']}, quantization {model['quantization']}; "
         f"members: {members}; prompts: {', '.join(report['prompts'])}",
         f"- decoding: {decoding['strategy']}{beams}, {decoding['outputs_per_prompt']} output(s) per prompt, "
-        f"max {decoding['max_new_tokens']} new tokens; chunks of {report['chunk_size']} questions",
+        f"max {decoding['max_new_tokens']} new tokens, decoder {model.get('decoder', 'hf')}; chunks of "
+        f"{report['chunk_size']} questions",
         f"- time: {passes}; model load {timing['load_seconds']:.1f} s",
         f"- prompts over the {tokens['limit']:,}-token input limit: {tokens['over_limit']} of "
         f"{data['questions']:,} (median {tokens['median']}, max {tokens['max']} tokens)",

@@ -120,6 +120,7 @@ def execute(config: RunConfig, selection: Selection) -> dict[str, Any]:
         device=engine.generator.device,
         dtype=str(getattr(model, "dtype", config.engine.dtype)).removeprefix("torch."),
         quantization=_quantization(model),
+        decoder=engine.generator.decoder,
         max_input_tokens=config.engine.max_input_tokens,
         members=[(m.adapter or BASE_MEMBER_NAME, m.weight) for m in engine.members()],
         prompts=config.engine.default_prompts,

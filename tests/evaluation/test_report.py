@@ -25,6 +25,7 @@ def facts(path: str = "/data/korquad/KorQuAD_v1.0_dev.json", **changes: Any) -> 
         "device": "cuda:0",
         "dtype": "bfloat16",
         "quantization": "4bit",
+        "decoder": "loop",
         "max_input_tokens": 4096,
         "members": [("base", 1.0)],
         "prompts": ["zero-shot", "principled"],

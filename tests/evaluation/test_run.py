@@ -65,6 +65,7 @@ def test_report_json_records_the_run(report: dict[str, Any], tiny_model_dir: Pat
         "questions": 4, "sample_seed": None,
     }  # fmt: skip
     assert report["model"]["spec"] == str(tiny_model_dir) and report["model"]["device"] == "cpu"
+    assert report["model"]["decoder"] == "loop"  # the service's default (auto, stacked LoRA)
     assert report["model"]["fingerprint"]
     assert [m["name"] for m in report["members"]] == ["alpha", "beta", "gamma"]
     assert report["prompts"] == ["zero-shot", "principled"]
