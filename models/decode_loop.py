@@ -303,7 +303,7 @@ class DecodeLoop:
                 and rows * width <= PREFILL_GRAPH_TOKENS
             ):
                 pre.fill(input_ids, attention_mask)  # the capture's warm-up runs on real inputs
-                if not self._capture(pre, lambda: self._static_forward(pre), pool=self._pool()):
+                if not self._capture(pre, lambda: self._static_forward(pre), shared_pool=True):
                     self._prefill_graphs = False  # prefills run eagerly from now on
         pre.fill(input_ids, attention_mask)
         if pre.graph is not None:
@@ -418,11 +418,12 @@ class DecodeLoop:
         self._states[key] = state
         return state
 
-    def _capture(self, target: DecodeState | PrefillState, run: Any, pool: Any = None) -> bool:
+    def _capture(self, target: DecodeState | PrefillState, run: Any, shared_pool: bool = False) -> bool:
         """Warm `run` up on a side stream, then capture it as `target.graph` (PyTorch's recipe); False when
         it cannot be captured (e.g. a layer that syncs with the host). The target's buffers hold garbage
         afterwards: a caller sets everything a replay reads."""
         try:
+            pool = self._pool() if shared_pool else None
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):

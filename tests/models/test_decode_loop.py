@@ -383,3 +383,28 @@ def test_warm_up_makes_the_prefill_shapes_requests_use(tiny_model_dir, tiny_adap
     gen.generate([LONG, SHORT] * 3, list(plan[0]), **beams)
     gen.generate([SHORT], ["alpha"], **dict(beams, num_beams=1, num_return_sequences=1))
     assert len(gen._loop._prefills) == 8 and len(gen._loop._states) == 2  # the requests met warm shapes
+
+
+def test_prefill_padding_follows_the_graph_size_and_survives_a_failed_capture(
+    tiny_model_dir, tiny_adapters_dir, monkeypatch
+) -> None:
+    """Where graphs are on (pretended here: the CPU cannot capture, so every capture fails as a host sync
+    would on CUDA), a prefill within `PREFILL_GRAPH_TOKENS` is padded to its shape and one above it runs as
+    it is; a failed prefill capture turns prefill graphs off and the padded prefill runs eagerly, with the
+    candidates `generate` gives."""
+    import models.decode_loop
+
+    hf = _generator(tiny_model_dir, tiny_adapters_dir)
+    loop = _generator(tiny_model_dir, tiny_adapters_dir, decoder="loop")
+    monkeypatch.setattr(models.decode_loop.DecodeLoop, "_graphs_on", lambda self, device: True)
+    beams = dict(DECODE, num_beams=3, num_return_sequences=2, max_new_tokens=6)
+    want = hf.generate(PROMPTS, ADAPTERS, **beams)
+    monkeypatch.setattr(models.decode_loop, "PREFILL_GRAPH_TOKENS", 1)  # every prefill is "too large"
+    assert_same(loop.generate(PROMPTS, ADAPTERS, **beams), want)
+    assert not loop._loop._prefills  # unpadded: no prefill shape made
+    monkeypatch.setattr(models.decode_loop, "PREFILL_GRAPH_TOKENS", 16384)
+    assert_same(loop.generate(PROMPTS, ADAPTERS, **beams), want)
+    width = loop._encode(list(PROMPTS))[0].shape[1]
+    assert list(loop._loop._prefills) == [(4, bucket(width, 64), True)]  # padded to the width's bucket
+    assert loop._loop.captures == 0 and not loop._loop._prefill_graphs  # the capture failed, then stopped
+    assert not loop._loop.cuda_graphs  # the step's capture failed too: steps run eagerly
