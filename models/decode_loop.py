@@ -189,9 +189,8 @@ class DecodeLoop:
                 self._set_rows(adapters, 1)
                 prefill, log_probs = self._prefill_forward(input_ids, attention_mask)
                 prompt_mask = attention_mask
-                if (
-                    rows > prompts
-                ):  # padding prompts start as copies of prompt 0, as `DecodeState.load` makes them
+                # padding prompts start as copies of prompt 0, as `DecodeState.load` makes them
+                if rows > prompts:
                     log_probs = torch.cat((log_probs, log_probs[:1].expand(rows - prompts, -1)))
             stops = Stops(self.eos, log_probs.shape[-1], line_ends, device)
             if k > 1:
@@ -265,16 +264,16 @@ class DecodeLoop:
         )
 
     def _prefill_forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | dict[str, torch.Tensor]
+        self, input_ids: torch.Tensor, padding: torch.Tensor, ready: torch.Tensor | None = None
     ) -> tuple[Any, torch.Tensor]:
-        """The prompts' forward: their KV cache and each row's next-token log-probabilities."""
+        """The prompts' forward: their KV cache and each row's next-token log-probabilities. `padding` is
+        the 2-D mask of real tokens (it gives the positions); `ready`, a 4-D mask built for this forward
+        (else transformers builds one from `padding`)."""
         cache = DynamicCache(config=self.model.config)
-        mask = attention_mask["full_attention"] if isinstance(attention_mask, dict) else attention_mask
-        padding = mask[:, 0, -1] if mask.dim() == 4 else mask  # the last query row sees every real key
         positions = (padding.long().cumsum(-1) - 1).clamp(min=0)
         logits = self.model(
             input_ids=input_ids,
-            attention_mask=attention_mask,
+            attention_mask=padding if ready is None else {"full_attention": ready},
             position_ids=positions,
             past_key_values=cache,
             use_cache=True,
@@ -284,7 +283,7 @@ class DecodeLoop:
 
     def _static_forward(self, pre: PrefillState) -> None:
         keep = (pre.mask[:, None, None, :] != 0) & pre.causal | pre.itself
-        pre.cache, log_probs = self._prefill_forward(pre.ids, {"full_attention": keep})
+        pre.cache, log_probs = self._prefill_forward(pre.ids, pre.mask, keep)
         if pre.log_probs is None:
             pre.log_probs = torch.empty_like(log_probs)
         pre.log_probs.copy_(log_probs)
@@ -295,17 +294,13 @@ class DecodeLoop:
         with_lora = self.stacked is not None and self.stacked.rows.mask is not None
         key = (rows, width, with_lora)
         pre = self._prefills.pop(key, None)
+        new = pre is None
         if pre is None:
             pre = PrefillState(rows, width, input_ids.device)
-            if (
-                self._graphs_on(input_ids.device)
-                and self._prefill_graphs
-                and rows * width <= PREFILL_GRAPH_TOKENS
-            ):
-                pre.fill(input_ids, attention_mask)  # the capture's warm-up runs on real inputs
-                if not self._capture(pre, lambda: self._static_forward(pre), shared_pool=True):
-                    self._prefill_graphs = False  # prefills run eagerly from now on
-        pre.fill(input_ids, attention_mask)
+        pre.fill(input_ids, attention_mask)  # a forward only reads them: a capture's warm-up runs on them too
+        if new and self._prefill_graph_fits(rows, width, input_ids.device):
+            if not self._capture(pre, lambda: self._static_forward(pre), shared_pool=True):
+                self._prefill_graphs = False  # prefills run eagerly from now on
         if pre.graph is not None:
             pre.graph.replay()
         else:
@@ -329,15 +324,16 @@ class DecodeLoop:
         return self._graph_pool
 
     def _static_prefill(self, rows: int, width: int, device: torch.device) -> bool:
-        """Pad the prefill to its shape bucket? Where it is captured (CUDA graphs on, at most
-        `PREFILL_GRAPH_TOKENS`): a larger prefill is bound by compute, which padding would only add to."""
+        """Pad the prefill to its shape bucket? Where it is captured: a larger prefill is bound by compute,
+        which padding would only add to."""
         if self.static_prefill is not None:
             return self.static_prefill
-        return (
-            self._graphs_on(device)
-            and self._prefill_graphs
-            and rows * bucket(width, MIN_PROMPT) <= PREFILL_GRAPH_TOKENS
-        )
+        return self._prefill_graph_fits(rows, bucket(width, MIN_PROMPT), device)
+
+    def _prefill_graph_fits(self, rows: int, width: int, device: torch.device) -> bool:
+        """Is a prefill of `rows` x `width` (a bucket) captured? CUDA graphs on, prefill captures not failed,
+        at most `PREFILL_GRAPH_TOKENS`."""
+        return self._graphs_on(device) and self._prefill_graphs and rows * width <= PREFILL_GRAPH_TOKENS
 
     def _graphs_on(self, device: torch.device) -> bool:
         return self.cuda_graphs and device.type == "cuda"

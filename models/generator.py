@@ -127,6 +127,11 @@ class Generator:
             )  # ~2 s for a 150k vocabulary: paid at startup
 
     @property
+    def _generate_compiles(self) -> bool:
+        """Does `generate` compile its forward (compiling, without the loop, which compiles its own step)?"""
+        return self.compile_backend is not None and self._loop is None
+
+    @property
     def model(self):
         """The current model: the base, or a peft model wrapping it once an adapter is loaded."""
         return self._model
@@ -304,7 +309,7 @@ class Generator:
                     torch.manual_seed(seed)
             if num_beams > 1:
                 kwargs["length_penalty"] = 1.0
-            if self.compile_backend is not None and self._loop is None:  # the loop compiles its own step
+            if self._generate_compiles:
                 kwargs["compile_config"] = compile_config(self.compile_backend)
             if self._stop_at_newline:
                 kwargs["stopping_criteria"] = StoppingCriteriaList(
@@ -468,7 +473,7 @@ class Generator:
                 )
             encoded.append(ids)
         width, pad = max(len(ids) for ids in encoded), self._tokenizer.pad_token_id
-        if self.compile_backend is not None and self._loop is None:  # the loop buckets its own shapes
+        if self._generate_compiles:
             width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE  # fewer distinct shapes, fewer recompilations
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], dtype=torch.long)
