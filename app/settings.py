@@ -80,10 +80,11 @@ class ServiceSettings(BaseSettings):
     warmup: bool | Literal["auto"] = Field(
         "auto",
         description="Before /readyz says ready, decode dummy prompts through the decode loop once per shape "
-        "the server meets first (one question of the default plan, one greedy row) and cache length bucket "
-        "up to max_input_tokens + default_max_new_tokens, as many as its shape cache holds, so that those "
-        "requests find their CUDA graphs captured. auto: with decoder=loop on CUDA; true: with "
-        "decoder=loop anywhere (eager off CUDA); false: never.",
+        "the server meets first (one question of the default plan, one greedy row) and prompt width bucket "
+        "(on CUDA, where prefills are graphs too; cache length bucket elsewhere) up to max_input_tokens + "
+        "default_max_new_tokens, as many as its shape cache holds, so that those requests find their CUDA "
+        "graphs captured. auto: with decoder=loop on CUDA; true: with decoder=loop anywhere (eager off "
+        "CUDA); false: never.",
     )
     max_resident_adapters: int | None = Field(
         None,

@@ -105,8 +105,8 @@ class Engine:
     def warm_up(self) -> WarmUp:
         """Make the decode loop's shapes a server meets first: one question of the default plan (every
         default member x default prompt, default decoding; none when it samples) and one greedy row (the
-        first member, as a single-answer request), for every cache length up to the longest prompt plus the
-        default answer budget (`Generator.warm_up`)."""
+        first member, as a single-answer request), for every prompt width (on CUDA) or cache length bucket up
+        to the longest prompt plus the default answer budget (`Generator.warm_up`)."""
         decoding = self.config.default_decoding
         plan = build_plan(self.members(), self.config.default_prompts, decoding)
         rows = tuple(item.member.adapter for item in plan.items)

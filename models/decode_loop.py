@@ -214,9 +214,10 @@ class DecodeLoop:
     def warm_up(
         self, batches: Sequence[tuple[Sequence[str | None], int]], *, max_length: int, token_id: int = 0
     ) -> WarmUp:
-        """Create the shapes of `batches` (each: every prompt row's adapter, and the beams) for every cache
-        length bucket up to the one of `max_length` tokens, by decoding dummy prompts of `token_id` through
-        `decode`, the path requests take. Shortest lengths first; from its second length on, a batch stops
+        """Create the shapes of `batches` (each: every prompt row's adapter, and the beams) for every prompt
+        width bucket (prefills padded to shapes: on CUDA) or else every cache length bucket up to the one of
+        `max_length` tokens, by decoding dummy prompts of `token_id` through `decode`, the path requests
+        take. Shortest first; from its second length on, a batch stops
         where its state (its last one's bytes per position x the length) would push another out of
         `cache_bytes`."""
         started, captures = time.perf_counter(), self.captures

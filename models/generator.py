@@ -337,9 +337,10 @@ class Generator:
 
     def warm_up(self, batches: Sequence[tuple[Sequence[str | None], int]], *, max_length: int) -> WarmUp:
         """Make the decode loop's shapes for `batches` (each: every prompt row's adapter, and the beams) at
-        every cache length bucket up to `max_length` tokens (`DecodeLoop.warm_up`), so that requests of those
-        shapes find their CUDA graphs captured. Nothing to do with `decoder="hf"`. Out of accelerator memory
-        ends it early (its shapes are dropped) and is logged, not raised: warm-up only saves time."""
+        every prompt width (on CUDA) or cache length bucket up to `max_length` tokens (`DecodeLoop.warm_up`),
+        so that requests of those shapes find their CUDA graphs captured. Nothing to do with
+        `decoder="hf"`. Out of accelerator memory ends it early (its shapes are dropped) and is logged, not
+        raised: warm-up only saves time."""
         if self._loop is None:
             return WarmUp(shapes=0, captures=0, skipped=0, seconds=0.0)
         with self._lock:
