@@ -10,6 +10,7 @@
 #   bash bench/gpu_session.sh latency          /answer at concurrency 1, decode loop vs generate (background)
 #   bash bench/gpu_session.sh compiled         the loop with and without its step compiled (background)
 #   bash bench/gpu_session.sh final            GPU tests, request phases and /answer latency, foreground
+#   bash bench/gpu_session.sh fused            tests, step probe, phases, /answer, pipeline (background)
 #   bash bench/gpu_session.sh part N           carry .gpu-partN: one part of the base GGUF into /tmp/parts
 #   bash bench/gpu_session.sh status           what the background runs printed last
 #   bash bench/gpu_session.sh collect          copy the background results to $OUT
@@ -114,6 +115,36 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
     python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --quantization 4bit --new-tokens 12 \
       --concurrency 1,8,32 --questions 32 --requests 24 --cell-seconds 15 --warmup 4 --out "$OUT/http" 2>&1 \
       | grep -E "^\||ready in"
+    ;;
+  fused)  # session 5 in one background run: GPU tests, the step (fused q/k/v, gate/up), phases, HTTP, pipeline
+    (cd /tmp/src && rm -rf app engine models ensemble bench tests && \
+      cp -r "$OLDPWD"/{app,engine,models,ensemble,bench,tests} . \
+      && setsid nohup bash bench/gpu_session.sh fused-runs >"$RES/fused.log" 2>&1 &)
+    sleep 3; tail -3 "$RES/fused.log"
+    ;;
+  fused-runs)
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    data=.gpu-data/KorQuAD_v1.0_dev.json
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    python3 -m pytest -q -m gpu tests/models/test_gpu.py -p no:cacheprovider --tb=short 2>&1 \
+      | grep -E "^E |Error|passed|failed|^tests/" | head -30
+    python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants 4bit \
+      --modes loop-graphs,loop-compiled --batches 1x1,6x3 --tokens 32 --repeats 3 --out "$RES/probe-4bit" 2>&1 \
+      | grep -E "^\|"
+    python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants bf16 \
+      --modes loop-graphs --batches 1x1,6x3 --tokens 32 --repeats 3 --out "$RES/probe-bf16" 2>&1 | grep -E "^\|"
+    echo "probes done"
+    for kind in ensemble greedy; do
+      python3 -m bench.request_phases --random-init .gpu-meta --data "$data" --kind $kind \
+        --out "$RES/phases-$kind" 2>&1 | grep -E "^\|"
+    done
+    python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --quantization 4bit --new-tokens 12 \
+      --concurrency 1,8,32 --questions 32 --requests 24 --cell-seconds 15 --warmup 4 --out "$RES/http" 2>&1 \
+      | grep -E "^\||ready in"
+    echo "http done"
+    python3 -m bench.serving_speed --random-init .gpu-meta --data "$data" --variants 4bit \
+      --generator-kwargs '{}' --out "$RES/serving_speed" 2>&1 | grep -E "^\|"
+    echo "fused finished"
     ;;
   latency)  # /answer at concurrency 1 with the default decoder (loop, warmed up) and with generate, side by side
     (cd /tmp/src && rm -rf app engine models ensemble bench && cp -r "$OLDPWD"/{app,engine,models,ensemble,bench} . \

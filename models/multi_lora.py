@@ -11,8 +11,10 @@ in) as [out, sum r], and a per-row mask over the stacked rank says which adapter
 Two matmuls and a multiply per layer whatever the number of adapters (they add rank, not kernels), static
 shapes, no data-dependent Python: a base row has an all-zero mask. A small model's decode step costs about
 one kernel launch per operator (`bench/step_ops.py`), so the operators are few: the add is folded into the B
-matmul (`addmm`), and projections that read the same input (q/k/v of an attention, gate/up of an MLP) share
-one A matmul and one mask multiply (`SharedInput`): 15 operators a layer instead of 28.
+matmul (`addmm`), and projections that read the same input (q/k/v of an attention, gate/up of an MLP) are
+computed together (`SiblingGroup`): one base matmul over their concatenated weights (`models.fused_base`),
+one A matmul, one mask multiply, and for q/k/v one block-diagonal B matmul. The seven projections of a layer
+are 17 operators, base included, instead of 35.
 
 The mask is set once per `generate` call for its rows (beams repeat their row's mask) and read by every layer
 through one shared `RowMask` holder. It lives in one persistent buffer per row count, and `version` changes
@@ -38,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.errors import AdapterError
+from models.fused_base import FusedLinear, fuse
 
 _PEFT_PREFIX = "base_model.model."
 _A, _B = ".lora_A.weight", ".lora_B.weight"
@@ -96,42 +99,88 @@ class RowMask:
         self.mask: torch.Tensor | None = None
 
 
-SHARED_INPUTS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-"""Sibling projections (same parent module) that read the same input tensor: their A matmuls are one."""
+SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
+"""Projections of one parent module that read the same input tensor: one base matmul (`models.fused_base`),
+one A matmul and one mask multiply for all of them."""
+
+ONE_B = frozenset({"q_proj"})
+"""Groups (named by a member) whose B matrices are one block-diagonal matrix, one matmul for the group: for
+q/k/v its zero blocks cost 2 x 1,152 x rank a layer (~10% of an adapter's bytes in the 0.5B model) and save
+two matmuls a layer; for gate/up they would cost 9,728 x rank (~42%) to save one, too dear against the
+memory target, so gate/up keeps a B matmul per member, each adding into its own columns of the output."""
 
 
-class SharedInput:
-    """The A side of sibling projections that read one input: a single `x @ A^T` and mask multiply for all.
-
-    The first member called with an input computes every member's masked `x @ A^T` ([..., members, rank]); the
-    others, called with that same tensor object, take their slice. Any other input is computed afresh, so the
-    result never depends on call order; the reference is dropped once every member has taken its slice.
+class SiblingGroup:
+    """Sibling projections that read one input, computed together: the first member called with an input
+    computes every member's output ([..., sum out]: the fused base, plus masked `x @ A^T` times B), and the
+    members called with that same tensor object take their columns (views). Any other input is computed
+    afresh, so the result never depends on call order; the reference is dropped once every member has its
+    output. A group of one member is that layer alone.
     """
 
     def __init__(self, rows: RowMask) -> None:
         self.rows = rows
         self.members: list[StackedLoraLinear] = []
+        self.fused: FusedLinear | None = None  # the members' base weights side by side (`fuse_base`)
         self.lora_a: torch.Tensor | None = None  # [members x sum r, in]; each member's A is a view into it
+        self.lora_b: torch.Tensor | None = None  # [sum out, members x sum r], block-diagonal (`ONE_B`)
+        self._fused_for: tuple[int, ...] = ()
         self._x: torch.Tensor | None = None
-        self._h: torch.Tensor | None = None
+        self._outputs: list[torch.Tensor] = []
         self._left = 0
 
-    def project(self, x: torch.Tensor, member: StackedLoraLinear, mask: torch.Tensor) -> torch.Tensor:
-        """`member`'s masked `x @ A^T` as a [tokens, sum r] view."""
-        if self._x is not x or self._h is None:
-            h = F.linear(x.to(self.lora_a.dtype), self.lora_a)  # [..., members x sum r]
-            h = h.view(*h.shape[:-1], len(self.members), mask.shape[1])
-            self._h = h * mask.view(mask.shape[0], *([1] * (h.dim() - 3)), 1, mask.shape[1])
-            self._x, self._left = x, len(self.members)
-        h = self._h[..., self.members.index(member), :].flatten(0, -2)
+    def fuse_base(self) -> None:
+        """Concatenate the members' base weights (once per membership; none when they cannot be)."""
+        key = tuple(id(m.base_layer) for m in self.members)
+        if key != self._fused_for:
+            self.fused = fuse([m.base_layer for m in self.members])
+            self._fused_for = key
+
+    def output(self, x: torch.Tensor, member: StackedLoraLinear) -> torch.Tensor:
+        if self._x is not x or not self._outputs:
+            self._outputs, self._x, self._left = self._compute(x), x, len(self.members)
+        out = self._outputs[self.members.index(member)]
         self._left -= 1
         if self._left <= 0:
             self.forget()
-        return h
+        return out
 
     def forget(self) -> None:
-        """Drop the kept input and its product (every member served, or the stacks rebuilt)."""
-        self._x = self._h = None
+        """Drop the kept input and outputs (every member served, or the stacks rebuilt)."""
+        self._x, self._outputs = None, []
+
+    def _compute(self, x: torch.Tensor) -> list[torch.Tensor]:
+        mask = self.rows.mask if self.lora_a is not None else None
+        h = None if mask is None else self._masked_a(x, mask)  # [tokens, members x sum r]
+        rank = 0 if mask is None else mask.shape[1]
+        if self.fused is None:
+            outs = [m.base_layer(x) for m in self.members]
+            if h is None:
+                return outs
+            return [
+                torch.addmm(
+                    out.reshape(-1, out.shape[-1]),
+                    h[:, i * rank : (i + 1) * rank].to(out.dtype),
+                    m.lora_b.t().to(out.dtype),
+                ).view(out.shape)
+                for i, (m, out) in enumerate(zip(self.members, outs, strict=True))
+            ]
+        out = self.fused(x)
+        if h is not None:
+            flat = out.view(-1, out.shape[-1])
+            h = h.to(out.dtype)
+            if self.lora_b is not None:
+                flat.addmm_(h, self.lora_b.t().to(out.dtype))
+            else:
+                for i, (m, (start, end)) in enumerate(zip(self.members, self.fused.spans, strict=True)):
+                    flat[:, start:end].addmm_(h[:, i * rank : (i + 1) * rank], m.lora_b.t().to(out.dtype))
+        return [out[..., start:end] for start, end in self.fused.spans]
+
+    def _masked_a(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        h = F.linear(x.to(self.lora_a.dtype), self.lora_a)  # [..., members x sum r]
+        h = h.view(*h.shape[:-1], len(self.members), mask.shape[1])
+        h = h * mask.view(mask.shape[0], *([1] * (h.dim() - 3)), 1, mask.shape[1])
+        return h.view(-1, h.shape[-2] * h.shape[-1])
 
 
 class StackedLoraLinear(nn.Module):
@@ -142,11 +191,9 @@ class StackedLoraLinear(nn.Module):
         self.base_layer = base_layer
         self.rows = rows
         self.path = path
-        self.shared = SharedInput(
-            rows
-        )  # replaced by the siblings' shared one when it has any (`StackedLora`)
-        self.shared.members.append(self)
-        self.lora_a: torch.Tensor | None = None  # [sum r, in], a view into `shared.lora_a`
+        self.group = SiblingGroup(rows)  # replaced by the siblings' group when it has any (`StackedLora`)
+        self.group.members.append(self)
+        self.lora_a: torch.Tensor | None = None  # [sum r, in], a view into `group.lora_a`
         self.lora_b: torch.Tensor | None = None  # [out, sum r], scaling folded in
 
     @property
@@ -158,13 +205,7 @@ class StackedLoraLinear(nn.Module):
         return int(self.base_layer.out_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
-        mask = self.rows.mask
-        if self.lora_a is None or mask is None:
-            return out
-        h = self.shared.project(x, self, mask)  # [tokens, sum r]
-        flat = out.reshape(-1, out.shape[-1])
-        return torch.addmm(flat, h.to(out.dtype), self.lora_b.t().to(out.dtype)).view(out.shape)
+        return self.group.output(x, self)
 
 
 class StackedLora:
@@ -248,16 +289,14 @@ class StackedLora:
         wrapped = StackedLoraLinear(layer, self.rows, path)
         setattr(self.model.get_submodule(parent_path) if parent_path else self.model, child, wrapped)
         self._layers[path] = wrapped
-        for group in SHARED_INPUTS:
+        for group in SIBLINGS:
             if child not in group:
                 continue
             siblings = [f"{parent_path}.{name}" if parent_path else name for name in group if name != child]
             wrapped_sibling = next((self._layers[p] for p in siblings if p in self._layers), None)
-            if (
-                wrapped_sibling is not None
-            ):  # join the siblings' shared A (same input features by construction)
-                wrapped.shared = wrapped_sibling.shared
-                wrapped.shared.members.append(wrapped)
+            if wrapped_sibling is not None:  # join the siblings' group (same input by construction)
+                wrapped.group = wrapped_sibling.group
+                wrapped.group.members.append(wrapped)
 
     def _rebuild(self) -> None:
         """Stack every resident adapter's A and scaled B per layer, in resident order (zeros where absent)."""
@@ -268,32 +307,46 @@ class StackedLora:
             self._offsets[name] = (start, start + weights.rank)
             start += weights.rank
         dtype = self._stack_dtype()
-        shared = {id(layer.shared): layer.shared for layer in self._layers.values()}
-        for group in shared.values():
+        groups = {id(layer.group): layer.group for layer in self._layers.values()}
+        for group in groups.values():
+            group.forget()
+            group.fuse_base()
             if not self._adapters:
-                group.lora_a = None
+                group.lora_a = group.lora_b = None
                 for layer in group.members:
                     layer.lora_a = layer.lora_b = None
                 continue
-            device = _device_of(group.members[0].base_layer)
-            a_stacks = []
-            for layer in group.members:
-                a_parts, b_parts = [], []
-                for weights in self._adapters.values():
-                    pair = weights.modules.get(layer.path)
-                    if pair is None:
-                        a_parts.append(torch.zeros(weights.rank, layer.in_features))
-                        b_parts.append(torch.zeros(layer.out_features, weights.rank))
-                    else:
-                        a_parts.append(pair[0].float())
-                        b_parts.append(pair[1].float() * weights.scaling)
-                a_stacks.append(torch.cat(a_parts, dim=0))
-                layer.lora_b = torch.cat(b_parts, dim=1).to(device=device, dtype=dtype)
-            group.lora_a = torch.cat(a_stacks, dim=0).to(device=device, dtype=dtype)
-            total = self._total_rank()
-            for i, layer in enumerate(group.members):
-                layer.lora_a = group.lora_a[i * total : (i + 1) * total]  # a view: no second copy
-            group.forget()
+            self._stack_group(group, dtype)
+
+    def _stack_group(self, group: SiblingGroup, dtype: torch.dtype) -> None:
+        device = _device_of(group.members[0].base_layer)
+        a_stacks, b_stacks = [], []
+        for layer in group.members:
+            a_parts, b_parts = [], []
+            for weights in self._adapters.values():
+                pair = weights.modules.get(layer.path)
+                if pair is None:
+                    a_parts.append(torch.zeros(weights.rank, layer.in_features))
+                    b_parts.append(torch.zeros(layer.out_features, weights.rank))
+                else:
+                    a_parts.append(pair[0].float())
+                    b_parts.append(pair[1].float() * weights.scaling)
+            a_stacks.append(torch.cat(a_parts, dim=0))
+            b_stacks.append(torch.cat(b_parts, dim=1))
+        total = self._total_rank()
+        group.lora_a = torch.cat(a_stacks, dim=0).to(device=device, dtype=dtype)
+        one_b = group.fused is not None and any(
+            layer.path.rpartition(".")[2] in ONE_B for layer in group.members
+        )
+        group.lora_b = torch.block_diag(*b_stacks).to(device=device, dtype=dtype) if one_b else None
+        rows = 0
+        for i, (layer, b) in enumerate(zip(group.members, b_stacks, strict=True)):
+            layer.lora_a = group.lora_a[i * total : (i + 1) * total]  # views: no second copy
+            if group.lora_b is not None:
+                layer.lora_b = group.lora_b[rows : rows + b.shape[0], i * total : (i + 1) * total]
+            else:
+                layer.lora_b = b.to(device=device, dtype=dtype)
+            rows += b.shape[0]
 
 
 def _device_of(module: nn.Module) -> torch.device:

@@ -131,3 +131,31 @@ def test_compiled_decode_loop_on_cuda(tiny_model_dir, tiny_adapters_dir, quantiz
         tolerance = 0.05 if quantization == "none" else 0.1  # bf16: 0.062 seen (fused kernels round less)
         assert [got for got, _ in best] == pytest.approx([want for _, want in best], abs=tolerance)
     assert gens["compiled"]._loop.captures == 3 and gens["compiled"]._loop.cuda_graphs  # 2 steps, 1 prefill
+
+
+@pytest.mark.parametrize("nested", [True, False])
+def test_fused_4bit_siblings_equal_each_layer_on_cuda(nested):
+    """bitsandbytes' CUDA kernels on repacked q/k/v blocks: one row (gemv) and several (dequantise + gemm)."""
+    import copy
+
+    bnb = pytest.importorskip("bitsandbytes")
+    from models.fused_base import fuse
+
+    torch.manual_seed(0)
+    layers = []
+    for out in (896, 128, 128):
+        layer = bnb.nn.Linear4bit(896, out, compute_dtype=torch.bfloat16, compress_statistics=nested)
+        layer.weight = bnb.nn.Params4bit(
+            torch.randn(out, 896) * 0.05, requires_grad=False, quant_type="nf4", compress_statistics=nested
+        )
+        layer.bias = torch.nn.Parameter(torch.randn(out, dtype=torch.bfloat16) * 0.05, requires_grad=False)
+        layers.append(layer.cuda())
+    before = copy.deepcopy(layers)
+    fused = fuse(layers)
+    assert fused is not None
+    with torch.inference_mode():
+        for rows in (1, 5):
+            x = torch.randn(rows, 1, 896, dtype=torch.bfloat16, device="cuda")
+            out = fused(x)
+            for (start, end), original in zip(fused.spans, before, strict=True):
+                torch.testing.assert_close(out[..., start:end], original(x), rtol=2e-2, atol=2e-2)

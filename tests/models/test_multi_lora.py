@@ -73,9 +73,9 @@ def test_siblings_share_one_a_matmul_and_each_projection_stays_exact(
         gen.load_adapter(read_lora_spec(tiny_model_dir, tiny_adapters_dir, name))
     attn, mlp = gen.model.model.layers[0].self_attn, gen.model.model.layers[0].mlp
     q, k, v, o = attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj  # the tiny adapters target all of them
-    assert q.shared is k.shared is v.shared and mlp.gate_proj.shared is mlp.up_proj.shared
-    assert o.shared is not q.shared and len(o.shared.members) == 1
-    assert k.lora_a.untyped_storage().data_ptr() == q.shared.lora_a.untyped_storage().data_ptr()  # views
+    assert q.group is k.group is v.group and mlp.gate_proj.group is mlp.up_proj.group
+    assert o.group is not q.group and len(o.group.members) == 1
+    assert k.lora_a.untyped_storage().data_ptr() == q.group.lora_a.untyped_storage().data_ptr()  # views
     stacked = gen._stacked
     stacked.set_rows(["alpha", None, "beta"])
     try:
@@ -90,7 +90,7 @@ def test_siblings_share_one_a_matmul_and_each_projection_stays_exact(
             torch.testing.assert_close(
                 got, layer.base_layer(x) + ((x @ layer.lora_a.T) * mask) @ layer.lora_b.T
             )
-        assert q.shared._x is None  # every member took its slice: no reference kept
+        assert q.group._x is None  # every member took its slice: no reference kept
     finally:
         stacked.clear_rows()
 
