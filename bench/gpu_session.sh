@@ -11,6 +11,7 @@
 #   bash bench/gpu_session.sh compiled         the loop with and without its step compiled (background)
 #   bash bench/gpu_session.sh final            GPU tests, request phases and /answer latency, foreground
 #   bash bench/gpu_session.sh fused            tests, step probe, phases, /answer, pipeline (background)
+#   bash bench/gpu_session.sh profiled         the step's kernel profile, probe, phases, /answer, pipeline
 #   bash bench/gpu_session.sh part N           carry .gpu-partN: one part of the base GGUF into /tmp/parts
 #   bash bench/gpu_session.sh status           what the background runs printed last
 #   bash bench/gpu_session.sh collect          copy the background results to $OUT
@@ -116,11 +117,32 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
       --concurrency 1,8,32 --questions 32 --requests 24 --cell-seconds 15 --warmup 4 --out "$OUT/http" 2>&1 \
       | grep -E "^\||ready in"
     ;;
-  fused)  # session 5 in one background run: GPU tests, the step (fused q/k/v, gate/up), phases, HTTP, pipeline
+  fused|profiled)  # session 5, one background run: fused = GPU tests, step probe, phases, HTTP, pipeline;
+    # profiled = the step's kernel profile, then the same measurements without the tests (a second card)
     (cd /tmp/src && rm -rf app engine models ensemble bench tests && \
       cp -r "$OLDPWD"/{app,engine,models,ensemble,bench,tests} . \
-      && setsid nohup bash bench/gpu_session.sh fused-runs >"$RES/fused.log" 2>&1 &)
-    sleep 3; tail -3 "$RES/fused.log"
+      && setsid nohup bash bench/gpu_session.sh "$step-runs" >"$RES/$step.log" 2>&1 &)
+    sleep 3; tail -3 "$RES/$step.log"
+    ;;
+  profiled-runs)
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    data=.gpu-data/KorQuAD_v1.0_dev.json
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    for b in 1x1 6x3; do
+      python3 -m bench.step_profile --random-init .gpu-meta --data "$data" --rows ${b%x*} --beams ${b#*x} \
+        --out "$RES/profile-$b" 2>&1 | grep -E "^\|"
+    done
+    python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants 4bit,bf16 \
+      --modes loop-graphs --batches 1x1,6x3 --tokens 32 --repeats 3 --out "$RES/probe" 2>&1 | grep -E "^\|"
+    python3 -m bench.request_phases --random-init .gpu-meta --data "$data" --kind ensemble \
+      --out "$RES/phases-ensemble" 2>&1 | grep -E "^\|"
+    python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --quantization 4bit --new-tokens 12 \
+      --concurrency 1,8,32 --questions 32 --requests 24 --cell-seconds 15 --warmup 4 --out "$RES/http" 2>&1 \
+      | grep -E "^\||ready in"
+    echo "http done"
+    python3 -m bench.serving_speed --random-init .gpu-meta --data "$data" --variants 4bit \
+      --generator-kwargs '{}' --out "$RES/serving_speed" 2>&1 | grep -E "^\|"
+    echo "profiled finished"
     ;;
   fused-runs)
     export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1

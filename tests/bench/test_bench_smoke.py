@@ -211,8 +211,24 @@ def test_step_ops_counts_a_step_by_module(tmp_path) -> None:
     assert step_ops.main(["--smoke", "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "step_ops.json").read_text(encoding="utf-8"))
     per_step = report["per_step"]
-    # tiny-random, 2 layers; per layer the stacked LoRA runs one A matmul and one mask multiply for q/k/v, one
-    # each for gate/up, one each for o and for down, and one addmm (B and the add) per projection: 15
+    # tiny-random, 2 layers; per layer the stacked LoRA runs for q/k/v one base matmul (their weights fused),
+    # one A matmul, one mask multiply and one block-diagonal B; for gate/up one base, one A, one mask and a B
+    # each; for o and for down an A, a mask and an addmm (B and the add): 4 + 5 + 3 + 3
     assert per_step["StackedLoraLinear"] == 2 * 15
+    assert per_step["Linear"] == 2 * 2 + 1  # the base of o and down (not fused: no siblings), the head
     assert per_step["token choice and loop bookkeeping"] > 0
     assert report["total"] == pytest.approx(sum(per_step.values()))
+
+
+def test_step_profile_splits_a_step_by_kind(tmp_path) -> None:
+    step_profile = importlib.import_module("bench.step_profile")
+    assert step_profile.main(["--smoke", "--out", str(tmp_path)]) == 0
+    [result] = json.loads((tmp_path / "step_profile.json").read_text(encoding="utf-8"))["results"].values()
+    assert result["kernels"] > 0 and result["wall_ms"] > 0
+    assert sum(k["kernels"] for k in result["by_kind"].values()) == pytest.approx(result["kernels"], abs=0.5)
+    assert step_profile.kind_of("void kgemm_4bit_inference_naive<__nv_bfloat16, 128, 16>") == (
+        "4-bit matmul (bitsandbytes)"
+    )
+    assert step_profile.kind_of("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n") == "matmul (cuBLAS / CUTLASS)"
+    cudnn_sdpa = "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16"  # names its arch too
+    assert step_profile.kind_of(cudnn_sdpa) == "attention (SDPA)"
