@@ -69,6 +69,12 @@ class ServiceSettings(BaseSettings):
         "Sampled requests always use generate. loop needs lora_backend=stacked; auto: loop with stacked, "
         "hf with peft.",
     )
+    lora_kernel: bool = Field(
+        True,
+        description="Run a decode step's stacked LoRA of q/k/v, gate/up and o as one Triton kernel a "
+        "projection group (CUDA, up to 64 rows) instead of an A matmul, a mask multiply and a B matmul per "
+        "projection. Same arithmetic; false keeps the matmuls.",
+    )
     decode_cache_mb: int | None = Field(
         None,
         ge=1,

@@ -12,6 +12,7 @@
 #   bash bench/gpu_session.sh final            GPU tests, request phases and /answer latency, foreground
 #   bash bench/gpu_session.sh fused            tests, step probe, phases, /answer, pipeline (background)
 #   bash bench/gpu_session.sh profiled         the step's kernel profile, probe, phases, /answer, pipeline
+#   bash bench/gpu_session.sh kernel           the one-kernel LoRA on and off, profile, phases, /answer
 #   bash bench/gpu_session.sh part N           carry .gpu-partN: one part of the base GGUF into /tmp/parts
 #   bash bench/gpu_session.sh status           what the background runs printed last
 #   bash bench/gpu_session.sh collect          copy the background results to $OUT
@@ -116,6 +117,34 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
     python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --quantization 4bit --new-tokens 12 \
       --concurrency 1,8,32 --questions 32 --requests 24 --cell-seconds 15 --warmup 4 --out "$OUT/http" 2>&1 \
       | grep -E "^\||ready in"
+    ;;
+  kernel)  # session 5, second change: the one-kernel LoRA against the matmuls (QA_LORA_KERNEL), side by side
+    (cd /tmp/src && rm -rf app engine models ensemble bench tests && \
+      cp -r "$OLDPWD"/{app,engine,models,ensemble,bench,tests} . \
+      && setsid nohup bash bench/gpu_session.sh kernel-runs >"$RES/kernel.log" 2>&1 &)
+    sleep 3; tail -3 "$RES/kernel.log"
+    ;;
+  kernel-runs)
+    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    data=.gpu-data/KorQuAD_v1.0_dev.json
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    python3 -m pytest -q -m gpu tests/models/test_gpu.py -p no:cacheprovider --tb=short 2>&1 \
+      | grep -E "^E |Error|passed|failed|^tests/" | head -30
+    for k in false true; do
+      QA_LORA_KERNEL=$k python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants 4bit,bf16 \
+        --modes loop-graphs --batches 1x1,6x3 --tokens 32 --repeats 3 --out "$RES/probe-kernel-$k" 2>&1 \
+        | grep -E "^\|"
+    done
+    python3 -m bench.step_profile --random-init .gpu-meta --data "$data" --graphs on --out "$RES/profile-1x1" \
+      2>&1 | grep -E "^\|" | head -12
+    python3 -m bench.request_phases --random-init .gpu-meta --data "$data" --kind ensemble \
+      --out "$RES/phases-ensemble" 2>&1 | grep -E "^\|"
+    python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --quantization 4bit --new-tokens 12 \
+      --concurrency 1 --questions 32 --requests 24 --warmup 4 --out "$RES/http" 2>&1 | grep -E "^\||ready in"
+    echo "http done"
+    python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants 4bit \
+      --modes loop-compiled --batches 1x1 --tokens 32 --repeats 3 --out "$RES/probe-compiled" 2>&1 | grep -E "^\|"
+    echo "kernel finished"
     ;;
   fused|profiled)  # session 5, one background run: fused = GPU tests, step probe, phases, HTTP, pipeline;
     # profiled = the step's kernel profile, then the same measurements without the tests (a second card)

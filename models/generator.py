@@ -65,6 +65,7 @@ class Generator:
         decoder: Literal["auto", "hf", "loop"] = "hf",
         cuda_graphs: bool = True,
         decode_cache_bytes: int | None = None,
+        lora_kernel: bool = True,
     ):
         self._model = model
         self._tokenizer = tokenizer
@@ -98,7 +99,9 @@ class Generator:
                 "decoder='loop' needs the stacked LoRA backend (peft's mixed batch loops in Python)"
             )
         self.decoder = decoder
-        self._stacked: StackedLora | None = StackedLora(model) if lora_backend == "stacked" else None
+        self._stacked: StackedLora | None = None
+        if lora_backend == "stacked":  # `lora_kernel`: a decode step's LoRA as one kernel a group (CUDA)
+            self._stacked = StackedLora(model, kernel=lora_kernel)
         self._attached: set[str] = set()
         self._lock = threading.RLock()
         self._tables: LineEnds | None = None

@@ -13,8 +13,10 @@ shapes, no data-dependent Python: a base row has an all-zero mask. A small model
 one kernel launch per operator (`bench/step_ops.py`), so the operators are few: the add is folded into the B
 matmul (`addmm`), and projections that read the same input (q/k/v of an attention, gate/up of an MLP) are
 computed together (`SiblingGroup`): one base matmul over their concatenated weights (`models.fused_base`),
-one A matmul, one mask multiply, and for q/k/v one block-diagonal B matmul. The seven projections of a layer
-are 17 operators, base included, instead of 35.
+one A matmul, one mask multiply and a B matmul per member adding into its columns of the output. In a
+decode step on CUDA (one token a row, few rows) a group's whole LoRA is one Triton kernel
+(`models.lora_kernel`). The seven projections of a layer are 4 base matmuls and 4 LoRA kernels there, 19
+operators elsewhere, instead of 35.
 
 The mask is set once per `generate` call for its rows (beams repeat their row's mask) and read by every layer
 through one shared `RowMask` holder. It lives in one persistent buffer per row count, and `version` changes
@@ -39,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models import lora_kernel
 from models.errors import AdapterError
 from models.fused_base import FusedLinear, fuse
 
@@ -93,21 +96,17 @@ def read_lora(folder: Path, name: str) -> LoraWeights:
 
 
 class RowMask:
-    """The per-row mask over the stacked rank, shared by every wrapped layer of one model."""
+    """The per-row mask over the stacked rank, shared by every wrapped layer of one model, and whether a
+    decode step's LoRA may run as one kernel a group (`models.lora_kernel`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, kernel: bool = True) -> None:
         self.mask: torch.Tensor | None = None
+        self.kernel = kernel
 
 
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 """Projections of one parent module that read the same input tensor: one base matmul (`models.fused_base`),
 one A matmul and one mask multiply for all of them."""
-
-ONE_B = frozenset({"q_proj"})
-"""Groups (named by a member) whose B matrices are one block-diagonal matrix, one matmul for the group: for
-q/k/v its zero blocks cost 2 x 1,152 x rank a layer (~10% of an adapter's bytes in the 0.5B model) and save
-two matmuls a layer; for gate/up they would cost 9,728 x rank (~42%) to save one, too dear against the
-memory target, so gate/up keeps a B matmul per member, each adding into its own columns of the output."""
 
 
 class SiblingGroup:
@@ -123,7 +122,8 @@ class SiblingGroup:
         self.members: list[StackedLoraLinear] = []
         self.fused: FusedLinear | None = None  # the members' base weights side by side (`fuse_base`)
         self.lora_a: torch.Tensor | None = None  # [members x sum r, in]; each member's A is a view into it
-        self.lora_b: torch.Tensor | None = None  # [sum out, members x sum r], block-diagonal (`ONE_B`)
+        self.lora_b: torch.Tensor | None = None  # [sum out, sum r]; each member's B is a view (its rows)
+        self.spans: list[tuple[int, int]] = []  # each member's columns of the group's output
         self._fused_for: tuple[int, ...] = ()
         self._x: torch.Tensor | None = None
         self._outputs: list[torch.Tensor] = []
@@ -135,6 +135,10 @@ class SiblingGroup:
         if key != self._fused_for:
             self.fused = fuse([m.base_layer for m in self.members])
             self._fused_for = key
+            self.spans, start = [], 0
+            for member in self.members:
+                self.spans.append((start, start + member.out_features))
+                start += member.out_features
 
     def output(self, x: torch.Tensor, member: StackedLoraLinear) -> torch.Tensor:
         if self._x is not x or not self._outputs:
@@ -151,30 +155,38 @@ class SiblingGroup:
 
     def _compute(self, x: torch.Tensor) -> list[torch.Tensor]:
         mask = self.rows.mask if self.lora_a is not None else None
-        h = None if mask is None else self._masked_a(x, mask)  # [tokens, members x sum r]
-        rank = 0 if mask is None else mask.shape[1]
-        if self.fused is None:
+        if self.fused is None and len(self.members) > 1:  # siblings that could not be fused
             outs = [m.base_layer(x) for m in self.members]
-            if h is None:
-                return outs
-            return [
-                torch.addmm(
-                    out.reshape(-1, out.shape[-1]),
-                    h[:, i * rank : (i + 1) * rank].to(out.dtype),
-                    m.lora_b.t().to(out.dtype),
-                ).view(out.shape)
-                for i, (m, out) in enumerate(zip(self.members, outs, strict=True))
-            ]
-        out = self.fused(x)
-        if h is not None:
-            flat = out.view(-1, out.shape[-1])
-            h = h.to(out.dtype)
-            if self.lora_b is not None:
-                flat.addmm_(h, self.lora_b.t().to(out.dtype))
-            else:
-                for i, (m, (start, end)) in enumerate(zip(self.members, self.fused.spans, strict=True)):
-                    flat[:, start:end].addmm_(h[:, i * rank : (i + 1) * rank], m.lora_b.t().to(out.dtype))
-        return [out[..., start:end] for start, end in self.fused.spans]
+            if mask is not None:
+                h = self._masked_a(x, mask)
+                for i, out in enumerate(outs):
+                    self._add_b(out.view(-1, out.shape[-1]), h, i, *self.spans[i])
+            return outs
+        out = (self.fused or self.members[0].base_layer)(x)
+        if mask is not None:
+            self._add_lora(x, out.view(-1, out.shape[-1]), mask)
+        if len(self.members) == 1:
+            return [out]
+        return [out[..., start:end] for start, end in self.spans]
+
+    def _add_lora(self, x: torch.Tensor, flat: torch.Tensor, mask: torch.Tensor) -> None:
+        """Every member's LoRA added into the group's output `flat` [tokens, sum out], in place."""
+        flat_x = x.view(-1, x.shape[-1]) if x.is_contiguous() else x.reshape(-1, x.shape[-1])
+        starts = [start for start, _ in self.spans]
+        if self.rows.kernel and lora_kernel.fits(flat_x, self.lora_a, mask, self.lora_b, flat, starts):
+            lora_kernel.add_lora_(flat_x, self.lora_a, mask, self.lora_b, flat, starts)
+            return
+        h = self._masked_a(x, mask)
+        for i, (start, end) in enumerate(self.spans):
+            self._add_b(flat, h, i, start, end)
+
+    def _add_b(self, flat: torch.Tensor, h: torch.Tensor, member: int, start: int, end: int) -> None:
+        """`flat[:, cols] += h_member @ B_member^T`, `cols` the member's columns of `flat` (all of an output
+        of its own: `end - start` wide)."""
+        rank = self.rows.mask.shape[1]
+        cols = flat if flat.shape[1] == end - start else flat[:, start:end]
+        b = self.members[member].lora_b.t().to(flat.dtype)
+        cols.addmm_(h[:, member * rank : (member + 1) * rank].to(flat.dtype), b)
 
     def _masked_a(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = F.linear(x.to(self.lora_a.dtype), self.lora_a)  # [..., members x sum r]
@@ -211,9 +223,9 @@ class StackedLoraLinear(nn.Module):
 class StackedLora:
     """Resident adapters of one base model, stacked per layer; not thread-safe (the generator locks)."""
 
-    def __init__(self, model: nn.Module, *, dtype: torch.dtype | None = None) -> None:
+    def __init__(self, model: nn.Module, *, dtype: torch.dtype | None = None, kernel: bool = True) -> None:
         self.model = model
-        self.rows = RowMask()
+        self.rows = RowMask(kernel)
         self._adapters: dict[str, LoraWeights] = {}
         self._layers: dict[str, StackedLoraLinear] = {}
         self._offsets: dict[str, tuple[int, int]] = {}  # name -> (start, end) in the stacked rank
@@ -335,18 +347,10 @@ class StackedLora:
             b_stacks.append(torch.cat(b_parts, dim=1))
         total = self._total_rank()
         group.lora_a = torch.cat(a_stacks, dim=0).to(device=device, dtype=dtype)
-        one_b = group.fused is not None and any(
-            layer.path.rpartition(".")[2] in ONE_B for layer in group.members
-        )
-        group.lora_b = torch.block_diag(*b_stacks).to(device=device, dtype=dtype) if one_b else None
-        rows = 0
-        for i, (layer, b) in enumerate(zip(group.members, b_stacks, strict=True)):
+        group.lora_b = torch.cat(b_stacks, dim=0).to(device=device, dtype=dtype)
+        for i, (layer, (start, end)) in enumerate(zip(group.members, group.spans, strict=True)):
             layer.lora_a = group.lora_a[i * total : (i + 1) * total]  # views: no second copy
-            if group.lora_b is not None:
-                layer.lora_b = group.lora_b[rows : rows + b.shape[0], i * total : (i + 1) * total]
-            else:
-                layer.lora_b = b.to(device=device, dtype=dtype)
-            rows += b.shape[0]
+            layer.lora_b = group.lora_b[start:end]
 
 
 def _device_of(module: nn.Module) -> torch.device:

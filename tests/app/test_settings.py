@@ -32,6 +32,20 @@ def test_qa_decoder_reaches_the_generator(tiny_settings: ServiceSettings, monkey
         assert client.app.state.service._engine.generator.decoder == "loop"
 
 
+def test_qa_lora_kernel_reaches_the_stacked_lora(tiny_settings: ServiceSettings, monkeypatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import build_app
+
+    assert ServiceSettings().lora_kernel is True
+    monkeypatch.setenv("QA_LORA_KERNEL", "false")
+    assert ServiceSettings().lora_kernel is False
+    for value in (False, True):
+        with TestClient(build_app(tiny_settings.model_copy(update={"lora_kernel": value}))) as client:
+            assert client.app.state.service.wait_ready(timeout=60)
+            assert client.app.state.service._engine.generator._stacked.rows.kernel is value
+
+
 def test_qa_decode_cache_mb_bounds_the_decode_loops_shapes(
     tiny_settings: ServiceSettings, monkeypatch
 ) -> None:

@@ -82,9 +82,11 @@ def test_stacked_logits_equal_peft_mixed_batch_logits(tiny_model_dir, tiny_adapt
             module.support_avx512bf16_for_cpu = False
     assert stacked.lora_backend == "stacked" and not hasattr(stacked.model, "peft_config")
     layer = stacked.model.model.layers[0]
-    # q/k/v and gate/up run as one base matmul each (4-bit: repacked blocks), q/k/v with one B matmul
-    assert layer.self_attn.q_proj.group.fused is not None and layer.mlp.up_proj.group.fused is not None
-    assert layer.self_attn.q_proj.group.lora_b is not None and layer.mlp.up_proj.group.lora_b is None
+    # q/k/v and gate/up run as one base matmul each (4-bit: repacked blocks); members' B are rows of one
+    q, k = layer.self_attn.q_proj, layer.self_attn.k_proj
+    assert q.group.fused is not None and layer.mlp.up_proj.group.fused is not None
+    k_start, _ = q.group.spans[q.group.members.index(k)]
+    assert k.lora_b.data_ptr() == q.group.lora_b[k_start:].data_ptr()
     input_ids, mask = stacked._encode([LONG] * 4)
     rows = ["alpha", None, "beta", "gamma"]
     with torch.inference_mode():

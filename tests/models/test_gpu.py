@@ -159,3 +159,55 @@ def test_fused_4bit_siblings_equal_each_layer_on_cuda(nested):
             out = fused(x)
             for (start, end), original in zip(fused.spans, before, strict=True):
                 torch.testing.assert_close(out[..., start:end], original(x), rtol=2e-2, atol=2e-2)
+
+
+def test_lora_kernel_equals_the_matmuls_on_cuda():
+    """The one-kernel stacked LoRA against the matmul path it replaces, in bf16, in the 0.5B model's shapes:
+    q/k/v (three members), gate/up (two), down (one, 4,864 inputs), a decode step's row counts."""
+    import torch.nn.functional as F
+
+    from models import lora_kernel
+
+    torch.manual_seed(0)
+    rank = 48  # three r=16 adapters stacked
+    for outs, in_features in (((896, 128, 128), 896), ((4864, 4864), 896), ((896,), 4864)):
+        starts = [sum(outs[:i]) for i in range(len(outs))]
+        for rows in (1, 18, 64):
+            x = torch.randn(rows, in_features, device="cuda", dtype=torch.bfloat16)
+            a = torch.randn(len(outs) * rank, in_features, device="cuda", dtype=torch.bfloat16) * 0.05
+            mask = torch.zeros(rows, rank, device="cuda", dtype=torch.bfloat16)
+            for row in range(rows):
+                mask[row, (row % 3) * 16 : (row % 3 + 1) * 16] = 1  # each row one adapter's slice
+            b = torch.randn(sum(outs), rank, device="cuda", dtype=torch.bfloat16) * 0.05
+            out = torch.randn(rows, sum(outs), device="cuda", dtype=torch.bfloat16)
+            want = out.clone()
+            h = (F.linear(x, a).view(rows, len(outs), rank) * mask[:, None, :]).view(rows, -1)
+            for i, (start, size) in enumerate(zip(starts, outs, strict=True)):
+                want[:, start : start + size].addmm_(
+                    h[:, i * rank : (i + 1) * rank], b[start : start + size].t()
+                )
+            assert lora_kernel.fits(x, a, mask, b, out, starts)
+            lora_kernel.add_lora_(x, a, mask, b, out, starts)
+            torch.testing.assert_close(out, want, rtol=2e-2, atol=2e-2)
+
+
+def test_candidates_with_and_without_the_lora_kernel_on_cuda(tiny_model_dir, tiny_adapters_dir, monkeypatch):
+    """fp32 (the kernel multiplies in IEEE float32 there): the same candidates and scores as the matmuls, and
+    the kernel really served the decode steps."""
+    from models import lora_kernel
+
+    calls = []
+    kernel = lora_kernel.add_lora_
+    monkeypatch.setattr(lora_kernel, "add_lora_", lambda *a: calls.append(1) or kernel(*a))
+    gen = _generators(tiny_model_dir, tiny_adapters_dir, "none", {"hf": {}})["hf"]
+    prompts, adapters = [PROMPT, "짧은 질문?", PROMPT], ["alpha", None, "gamma"]
+    beams = dict(DECODE, num_beams=3, num_return_sequences=2)
+    with_kernel = gen.generate(prompts, adapters, **beams)
+    assert calls, "the decode steps should have run the kernel"
+    gen._stacked.rows.kernel = False  # what QA_LORA_KERNEL=false sets
+    calls.clear()
+    without = gen.generate(prompts, adapters, **beams)
+    assert not calls
+    assert [[t for t, _ in c] for c in with_kernel] == [[t for t, _ in c] for c in without]
+    for got, want in zip(with_kernel, without, strict=True):
+        assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-4)
