@@ -268,15 +268,16 @@ class Generator:
         adapters: Sequence[str | None],
         *,
         max_new_tokens: int,
-        num_beams: int,
-        num_return_sequences: int,
-        do_sample: bool,
-        temperature: float,
-        top_k: int,
-        top_p: float,
-        seed: int | None,
+        num_beams: int = 1,
+        num_return_sequences: int = 1,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int = 50,
+        top_p: float = 1.0,
+        seed: int | None = None,
     ) -> list[list[tuple[str, float]]]:
-        """Per prompt, `num_return_sequences` (text, score) pairs best first, from ONE mixed-adapter batch.
+        """Per prompt, `num_return_sequences` (text, score) pairs best first, from ONE mixed-adapter batch;
+        by default greedy, one candidate a prompt (the sampling arguments matter only with `do_sample`).
 
         Beam search scores are the beams' length-normalised log-probabilities; greedy and sampled candidates
         score the mean log-probability of their tokens under the (un-tempered) model.

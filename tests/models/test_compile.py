@@ -11,16 +11,7 @@ from models.generator import Generator
 from models.loading import LoadConfig, load_base
 from models.registry import AdapterRegistry
 
-GREEDY = dict(
-    max_new_tokens=6,
-    num_beams=1,
-    num_return_sequences=1,
-    do_sample=False,
-    temperature=1.0,
-    top_k=50,
-    top_p=1.0,
-    seed=None,
-)
+GREEDY = dict(max_new_tokens=6)  # Generator.generate's defaults: greedy, one candidate
 BEAMS = dict(GREEDY, num_beams=3, num_return_sequences=2)
 PROMPTS = [
     "문맥: 세종대왕은 1443년에 훈민정음을 창제하였다.\n질문: 누가?\n답:",

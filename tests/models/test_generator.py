@@ -8,10 +8,8 @@ from models.generator import BASE_ADAPTER, Generator
 from models.loading import LoadConfig, load_base
 from models.registry import AdapterRegistry
 
-GREEDY = dict(
-    num_beams=1, num_return_sequences=1, do_sample=False, temperature=1.0, top_k=50, top_p=1.0, seed=None
-)
-BEAMS = dict(GREEDY, num_beams=3, num_return_sequences=2)
+GREEDY: dict = {}  # Generator.generate's defaults: greedy, one candidate
+BEAMS = dict(num_beams=3, num_return_sequences=2)
 SHORT = [{"role": "system", "content": "답하라."}, {"role": "user", "content": "서울은 어디?"}]
 LONG = [
     {"role": "system", "content": "문맥을 읽고 질문에 대한 답을 문맥에서 그대로 찾아 쓰시오."},
@@ -125,9 +123,9 @@ def test_mixed_batch_with_beams_equals_per_adapter_generate(generator):
 
 def test_mixed_batch_greedy_equals_per_adapter_greedy(generator):
     adapters = ["gamma", None, "alpha"]
-    mixed = generator.generate([SHORT, LONG, LONG], adapters, max_new_tokens=8, **GREEDY)
+    mixed = generator.generate([SHORT, LONG, LONG], adapters, max_new_tokens=8)
     alone = [
-        generator.generate([p], [a], max_new_tokens=8, **GREEDY)[0]
+        generator.generate([p], [a], max_new_tokens=8)[0]
         for p, a in zip([SHORT, LONG, LONG], adapters, strict=True)
     ]
     assert [c[0][0] for c in mixed] == [c[0][0] for c in alone]
@@ -136,8 +134,8 @@ def test_mixed_batch_greedy_equals_per_adapter_greedy(generator):
 def test_left_padding_does_not_change_a_short_prompt(tiny_model_dir):
     model, tokenizer = load_base(tiny_model_dir, LoadConfig(device="cpu", quantization="none"))
     gen = Generator(model, tokenizer)
-    alone = gen.generate([SHORT], [None], max_new_tokens=10, **GREEDY)[0]
-    batched = gen.generate([SHORT, LONG], [None, None], max_new_tokens=10, **GREEDY)[0]
+    alone = gen.generate([SHORT], [None], max_new_tokens=10)[0]
+    batched = gen.generate([SHORT, LONG], [None, None], max_new_tokens=10)[0]
     assert alone[0][0] == batched[0][0]
     assert alone[0][1] == pytest.approx(batched[0][1], abs=1e-4)
     assert tokenizer.padding_side == "left"
@@ -157,7 +155,7 @@ def test_returns_sorted_candidates_per_prompt(generator):
 
 
 def test_sampling_with_seed_is_reproducible_and_returns_n(generator):
-    sample = dict(GREEDY, do_sample=True, num_return_sequences=3, temperature=1.5, top_k=0, top_p=1.0, seed=7)
+    sample = dict(do_sample=True, num_return_sequences=3, temperature=1.5, top_k=0, top_p=1.0, seed=7)
     first = generator.generate([SHORT, LONG], ["alpha", None], max_new_tokens=6, **sample)
     again = generator.generate([SHORT, LONG], ["alpha", None], max_new_tokens=6, **sample)
     assert first == again
@@ -169,10 +167,10 @@ def test_base_only_generator_without_adapters(tiny_model_dir):
     model, tokenizer = load_base(tiny_model_dir, LoadConfig(device="cpu", quantization="none"))
     gen = Generator(model, tokenizer)
     assert gen.adapter_names == [] and gen.has_chat_template and gen.device == "cpu"
-    out = gen.generate([LONG, "plain text prompt: "], [None, None], max_new_tokens=5, **GREEDY)
+    out = gen.generate([LONG, "plain text prompt: "], [None, None], max_new_tokens=5)
     assert len(out) == 2 and all(len(c) == 1 for c in out)
     with pytest.raises(UnknownAdapterError, match="alpha"):
-        gen.generate([LONG], ["alpha"], max_new_tokens=5, **GREEDY)
+        gen.generate([LONG], ["alpha"], max_new_tokens=5)
 
 
 def test_stops_at_first_newline(generator):
@@ -181,7 +179,7 @@ def test_stops_at_first_newline(generator):
     flags = generator._line_ends(torch.tensor([ids]))[0].tolist()
     text_until_stop = tokenizer.decode(ids[: flags.index(True) + 1])
     assert text_until_stop.strip() == "답 서울" and text_until_stop.endswith("\n")
-    out = generator.generate([LONG] * 3, ["alpha", "beta", None], max_new_tokens=24, **GREEDY)
+    out = generator.generate([LONG] * 3, ["alpha", "beta", None], max_new_tokens=24)
     assert all("\n" not in text.strip() for c in out for text, _ in c)
 
 
@@ -191,22 +189,22 @@ def test_unload_adapter_and_errors(generator):
         generator.unload_adapter(name)
     assert generator.adapter_names == ["gamma"]
     with pytest.raises(UnknownAdapterError, match="'alpha'"):
-        generator.generate([SHORT], ["alpha"], max_new_tokens=3, **GREEDY)
+        generator.generate([SHORT], ["alpha"], max_new_tokens=3)
     generator.unload_adapter("gamma")
-    assert generator.generate([SHORT], [None], max_new_tokens=3, **GREEDY)
+    assert generator.generate([SHORT], [None], max_new_tokens=3)
     with pytest.raises(UnknownAdapterError):
         generator.unload_adapter("gamma")
 
 
 def test_input_validation(generator):
     with pytest.raises(ValueError, match="one adapter"):
-        generator.generate([SHORT, LONG], [None], max_new_tokens=3, **GREEDY)
+        generator.generate([SHORT, LONG], [None], max_new_tokens=3)
     with pytest.raises(ValueError, match="greedy"):
-        generator.generate([SHORT], [None], max_new_tokens=3, **dict(GREEDY, num_return_sequences=2))
-    assert generator.generate([], [], max_new_tokens=3, **GREEDY) == []
+        generator.generate([SHORT], [None], max_new_tokens=3, num_return_sequences=2)
+    assert generator.generate([], [], max_new_tokens=3) == []
     limited = Generator(generator.model, generator.tokenizer, max_input_tokens=10)
     with pytest.raises(PromptTooLongError, match="prompt 1"):
-        limited.generate(["hi", LONG], [None, None], max_new_tokens=3, **GREEDY)
+        limited.generate(["hi", LONG], [None, None], max_new_tokens=3)
     assert generator.count_tokens("서울") >= 1 and generator.count_tokens("") == 0
 
 

@@ -9,9 +9,6 @@ from models.generator import Generator
 from models.loading import LoadConfig, load_base, load_tokenizer, plain_generation_config
 from models.registry import AdapterSpec, read_manifest
 
-GREEDY = dict(
-    num_beams=1, num_return_sequences=1, do_sample=False, temperature=1.0, top_k=50, top_p=1.0, seed=None
-)
 PROMPT = [
     {"role": "system", "content": "답하라."},
     {"role": "user", "content": "세종대왕은 무엇을 창제했나?"},
@@ -29,12 +26,12 @@ def test_an_attached_adapter_generates_like_the_same_adapter_loaded(tiny_model_d
     peft_model = PeftModel.from_pretrained(model, str(folder), adapter_name="mine")
     attached = Generator(peft_model, tokenizer)
     with pytest.raises(UnknownAdapterError):
-        attached.generate([PROMPT], ["mine"], max_new_tokens=6, **GREEDY)
+        attached.generate([PROMPT], ["mine"], max_new_tokens=6)
     attached.attach_adapter("mine")
     assert attached.adapter_names == ["mine"]
 
-    ours = attached.generate([PROMPT, PROMPT], ["mine", None], max_new_tokens=6, **GREEDY)
-    theirs = loaded.generate([PROMPT, PROMPT], ["alpha", None], max_new_tokens=6, **GREEDY)
+    ours = attached.generate([PROMPT, PROMPT], ["mine", None], max_new_tokens=6)
+    theirs = loaded.generate([PROMPT, PROMPT], ["alpha", None], max_new_tokens=6)
     assert [c[0][0] for c in ours] == [c[0][0] for c in theirs]
     assert ours[0][0][1] == pytest.approx(theirs[0][0][1], abs=1e-5)
     assert ours[0][0][0] != ours[1][0][0]  # the adapter changes the answer; None is the base alone

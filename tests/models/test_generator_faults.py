@@ -16,10 +16,7 @@ from models.generator import Generator
 from models.loading import LoadConfig, load_base
 from models.registry import ADAPTER_WEIGHTS, AdapterRegistry, check_adapter_folder
 
-GREEDY = dict(
-    max_new_tokens=4, num_beams=1, num_return_sequences=1, do_sample=False, temperature=1.0, top_k=50,
-    top_p=1.0, seed=None,
-)  # fmt: skip
+GREEDY = dict(max_new_tokens=4)  # Generator.generate's defaults: greedy, one candidate
 BEAMS = dict(GREEDY, num_beams=3, num_return_sequences=2)
 PROMPTS = [
     "서울은 어디?",

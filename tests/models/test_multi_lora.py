@@ -14,16 +14,7 @@ from models.multi_lora import read_lora
 from models.registry import AdapterRegistry
 
 PROMPT = "문맥: 세종대왕은 1443년에 훈민정음을 창제하였다.\n질문: 누가?\n답:"
-GREEDY = dict(
-    max_new_tokens=6,
-    num_beams=1,
-    num_return_sequences=1,
-    do_sample=False,
-    temperature=1.0,
-    top_k=50,
-    top_p=1.0,
-    seed=None,
-)
+GREEDY = dict(max_new_tokens=6)  # Generator.generate's defaults: greedy, one candidate
 
 
 @pytest.mark.parametrize("field", ["use_dora", "rank_pattern", "bias"])
