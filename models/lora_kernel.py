@@ -149,7 +149,7 @@ def _block_n(starts: list[int], columns: int) -> int:
 
 
 @torch.library.custom_op("qa::stacked_lora_add_", mutates_args=("out",), device_types="cuda")
-def _stacked_lora_add_(
+def add_lora_(
     x: torch.Tensor,
     lora_a: torch.Tensor,
     mask: torch.Tensor,
@@ -157,10 +157,12 @@ def _stacked_lora_add_(
     out: torch.Tensor,
     starts: list[int],
 ) -> None:
+    """The group's LoRA added into `out` in place (see `launch`), as the operator `qa::stacked_lora_add_`;
+    call only where `fits`."""
     launch(x, lora_a, mask, lora_b, out, starts)
 
 
-@_stacked_lora_add_.register_fake
+@add_lora_.register_fake
 def _(x, lora_a, mask, lora_b, out, starts) -> None:  # noqa: ANN001 - shapes only: nothing to return
     return None
 
@@ -186,15 +188,3 @@ def fits(
         and x.stride(1) == out.stride(1) == lora_a.stride(1) == mask.stride(1) == 1
         and _block_n(starts, out.shape[1]) > 0
     )
-
-
-def add_lora_(
-    x: torch.Tensor,
-    lora_a: torch.Tensor,
-    mask: torch.Tensor,
-    lora_b: torch.Tensor,
-    out: torch.Tensor,
-    starts: list[int],
-) -> None:
-    """The group's LoRA added into `out` in place (see `launch`); call only where `fits`."""
-    torch.ops.qa.stacked_lora_add_(x, lora_a, mask, lora_b, out, starts)

@@ -160,7 +160,7 @@ class SiblingGroup:
             if mask is not None:
                 h = self._masked_a(x, mask)
                 for i, out in enumerate(outs):
-                    self._add_b(out.view(-1, out.shape[-1]), h, i, *self.spans[i])
+                    self._add_b(out.view(-1, out.shape[-1]), h, i)
             return outs
         out = (self.fused or self.members[0].base_layer)(x)
         if mask is not None:
@@ -178,15 +178,14 @@ class SiblingGroup:
             return
         h = self._masked_a(x, mask)
         for i, (start, end) in enumerate(self.spans):
-            self._add_b(flat, h, i, start, end)
+            self._add_b(flat[:, start:end], h, i)
 
-    def _add_b(self, flat: torch.Tensor, h: torch.Tensor, member: int, start: int, end: int) -> None:
-        """`flat[:, cols] += h_member @ B_member^T`, `cols` the member's columns of `flat` (all of an output
-        of its own: `end - start` wide)."""
+    def _add_b(self, cols: torch.Tensor, h: torch.Tensor, member: int) -> None:
+        """`cols += h_member @ B_member^T`: `cols` [tokens, out] the member's output (or its columns of the
+        group's), `h` every member's masked `x @ A^T`."""
         rank = self.rows.mask.shape[1]
-        cols = flat if flat.shape[1] == end - start else flat[:, start:end]
-        b = self.members[member].lora_b.t().to(flat.dtype)
-        cols.addmm_(h[:, member * rank : (member + 1) * rank].to(flat.dtype), b)
+        b = self.members[member].lora_b.t().to(cols.dtype)
+        cols.addmm_(h[:, member * rank : (member + 1) * rank].to(cols.dtype), b)
 
     def _masked_a(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         h = F.linear(x.to(self.lora_a.dtype), self.lora_a)  # [..., members x sum r]

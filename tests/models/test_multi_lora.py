@@ -76,12 +76,15 @@ def test_siblings_share_one_a_matmul_and_each_projection_stays_exact(
             alone = x.clone()
             expected = layer.base_layer(alone) + ((alone @ layer.lora_a.T) * mask) @ layer.lora_b.T
             torch.testing.assert_close(layer(alone), expected)
-        together = [q(x), k(x), v(x)]  # as attention calls them, one input: one A matmul, then slices
-        for layer, got in zip((q, k, v), together, strict=True):
-            torch.testing.assert_close(
-                got, layer.base_layer(x) + ((x @ layer.lora_a.T) * mask) @ layer.lora_b.T
-            )
-        assert q.group._x is None  # every member took its slice: no reference kept
+        assert q.group.fused is not None
+        for fused in (q.group.fused, None):  # None: siblings whose bases could not be fused, each its own
+            q.group.fused = fused
+            together = [q(x), k(x), v(x)]  # as attention calls them, one input: one A matmul, then slices
+            for layer, got in zip((q, k, v), together, strict=True):
+                torch.testing.assert_close(
+                    got, layer.base_layer(x) + ((x @ layer.lora_a.T) * mask) @ layer.lora_b.T
+                )
+            assert q.group._x is None  # every member took its slice: no reference kept
     finally:
         stacked.clear_rows()
 
