@@ -14,7 +14,7 @@
 #   bash bench/gpu_session.sh profiled         the step's kernel profile, probe, phases, /answer, pipeline
 #   bash bench/gpu_session.sh kernel           the one-kernel LoRA on and off, profile, phases, /answer
 #   bash bench/gpu_session.sh part N           carry .gpu-partN: one part of the base GGUF into /tmp/parts
-#   bash bench/gpu_session.sh status           what the background runs printed last
+#   bash bench/gpu_session.sh status [STEP]    what a background run printed last
 #   bash bench/gpu_session.sh collect          copy the background results to $OUT
 #   bash bench/gpu_session.sh backends|train|eval|http-real   the runs on the real base (source gpu_env.sh first)
 set -uo pipefail
@@ -22,6 +22,14 @@ step=${1:?step}
 RES=/tmp/results
 DATA=/tmp/src/.gpu-data/KorQuAD_v1.0_dev.json  # copied at `start`: a later call's working tree lacks .gpu-data
 mkdir -p "$RES"
+runs_env() {  # what every run needs: the packed packages, this tree, no hub, the KorQuAD file
+  export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+  data=.gpu-data/KorQuAD_v1.0_dev.json
+}
+gpu_tests() {  # the CUDA tests, their failures' lines and the summary
+  python3 -m pytest -q -m gpu tests/models/test_gpu.py -p no:cacheprovider --tb=short 2>&1 \
+    | grep -E "^E |Error|passed|failed|^tests/" | head -30
+}
 case "$step" in
   start)  # carry .gpu-site (and .gpu-meta .gpu-data when they fit the 64 MiB a call; else `meta` next)
     mkdir -p /tmp/site && tar -C /tmp/site -xJf .gpu-site/site.tar.xz && touch /tmp/site/.unpacked
@@ -38,8 +46,7 @@ case "$step" in
     cp -r .gpu-meta .gpu-data /tmp/src/ && ls /tmp/src
     ;;
   background)  # while the parts arrive: the training backends on random weights in the real base's shape
-    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-    data=.gpu-data/KorQuAD_v1.0_dev.json
+    runs_env
     python3 -c "from pathlib import Path; from bench.workload import random_init_base as r
 r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base written"
     python3 -m bench.train_backends --steps 25 --timeout 240 --set train.base=/tmp/randbase \
@@ -47,22 +54,22 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
     echo "background finished"
     ;;
   serving-random)  # serving speed and HTTP latency on random weights in the 0.5B shape
-    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-    data=.gpu-data/KorQuAD_v1.0_dev.json
+    runs_env
     python3 -m bench.serving_speed --random-init .gpu-meta --data "$data" --variants 4bit,bf16 \
       --generator-kwargs '{"lora_backend": "stacked"}' --generator-kwargs '{"lora_backend": "peft"}' \
       --out "$RES/serving_speed" && echo "serving_speed done"
     python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --new-tokens 12 \
       --out "$RES/http_latency" && echo "http_latency done"
     ;;
-  speed)  # issue 5 on random weights in the 0.5B shape, in the background (poll with `status`, then `collect`)
-    (cd /tmp/src && rm -rf models bench tests && cp -r "$OLDPWD"/models "$OLDPWD"/bench "$OLDPWD"/tests \
-      "$OLDPWD"/app "$OLDPWD"/engine . && setsid nohup bash bench/gpu_session.sh speed-runs >"$RES/speed.log" 2>&1 &)
-    sleep 3; tail -3 "$RES/speed.log"
+  speed|latency|compiled|kernel|fused|profiled)  # STEP-runs below, in the background, on this call's code
+    # (poll with `status STEP` from inside a later call, then `collect`)
+    (cd /tmp/src && rm -rf app engine models ensemble bench tests && \
+      cp -r "$OLDPWD"/{app,engine,models,ensemble,bench,tests} . \
+      && setsid nohup bash bench/gpu_session.sh "$step-runs" >"$RES/$step.log" 2>&1 &)
+    sleep 3; tail -3 "$RES/$step.log"
     ;;
   speed-runs)
-    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-    data=.gpu-data/KorQuAD_v1.0_dev.json
+    runs_env
     python3 -m pytest -q -m gpu tests/models/test_gpu.py -p no:cacheprovider 2>&1 | tail -5
     python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants bf16 \
       --modes eager,compiled,loop,loop-graphs --batches 1x1,6x3 --tokens 32 --repeats 3 --out "$RES/probe-bf16"
@@ -79,15 +86,8 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
       --generator-kwargs '{"decoder": "hf"}' --generator-kwargs '{}' --out "$RES/serving_speed"
     echo "speed finished"
     ;;
-  compiled)  # the decode loop with its step compiled (QA_COMPILE) against the uncompiled loop, in the background
-    (cd /tmp/src && rm -rf app engine models ensemble bench tests && \
-      cp -r "$OLDPWD"/{app,engine,models,ensemble,bench,tests} . \
-      && setsid nohup bash bench/gpu_session.sh compiled-runs >"$RES/compiled.log" 2>&1 &)
-    sleep 3; tail -3 "$RES/compiled.log"
-    ;;
   compiled-runs)
-    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-    data=.gpu-data/KorQuAD_v1.0_dev.json
+    runs_env
     python3 -m pytest -q -m gpu tests/models/test_gpu.py -p no:cacheprovider 2>&1 | tail -5
     for v in bf16 4bit; do
       python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants $v \
@@ -106,10 +106,8 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
     ;;
   final)  # GPU tests, one request's phases, /answer latency: the default server (decode loop, prefill graphs)
     rm -rf /tmp/src/{app,engine,models,ensemble,bench,tests} && cp -r {app,engine,models,ensemble,bench,tests} /tmp/src/
-    cd /tmp/src && export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-    data=.gpu-data/KorQuAD_v1.0_dev.json
-    python3 -m pytest -q -m gpu tests/models/test_gpu.py -p no:cacheprovider --tb=short 2>&1 \
-      | grep -E "^E |Error|passed|failed|^tests/" | head -30
+    cd /tmp/src && runs_env
+    gpu_tests
     for kind in ensemble greedy; do
       python3 -m bench.request_phases --random-init .gpu-meta --data "$data" --kind $kind --out "$OUT/phases-$kind" \
         2>&1 | grep -E "^\|"
@@ -118,18 +116,10 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
       --concurrency 1,8,32 --questions 32 --requests 24 --cell-seconds 15 --warmup 4 --out "$OUT/http" 2>&1 \
       | grep -E "^\||ready in"
     ;;
-  kernel)  # session 5, second change: the one-kernel LoRA against the matmuls (QA_LORA_KERNEL), side by side
-    (cd /tmp/src && rm -rf app engine models ensemble bench tests && \
-      cp -r "$OLDPWD"/{app,engine,models,ensemble,bench,tests} . \
-      && setsid nohup bash bench/gpu_session.sh kernel-runs >"$RES/kernel.log" 2>&1 &)
-    sleep 3; tail -3 "$RES/kernel.log"
-    ;;
   kernel-runs)
-    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-    data=.gpu-data/KorQuAD_v1.0_dev.json
+    runs_env
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    python3 -m pytest -q -m gpu tests/models/test_gpu.py -p no:cacheprovider --tb=short 2>&1 \
-      | grep -E "^E |Error|passed|failed|^tests/" | head -30
+    gpu_tests
     for k in false true; do
       QA_LORA_KERNEL=$k python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants 4bit,bf16 \
         --modes loop-graphs --batches 1x1,6x3 --tokens 32 --repeats 3 --out "$RES/probe-kernel-$k" 2>&1 \
@@ -146,16 +136,8 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
       --modes loop-compiled --batches 1x1 --tokens 32 --repeats 3 --out "$RES/probe-compiled" 2>&1 | grep -E "^\|"
     echo "kernel finished"
     ;;
-  fused|profiled)  # session 5, one background run: fused = GPU tests, step probe, phases, HTTP, pipeline;
-    # profiled = the step's kernel profile, then the same measurements without the tests (a second card)
-    (cd /tmp/src && rm -rf app engine models ensemble bench tests && \
-      cp -r "$OLDPWD"/{app,engine,models,ensemble,bench,tests} . \
-      && setsid nohup bash bench/gpu_session.sh "$step-runs" >"$RES/$step.log" 2>&1 &)
-    sleep 3; tail -3 "$RES/$step.log"
-    ;;
   profiled-runs)
-    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-    data=.gpu-data/KorQuAD_v1.0_dev.json
+    runs_env
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
     for b in 1x1 6x3; do
       python3 -m bench.step_profile --random-init .gpu-meta --data "$data" --rows ${b%x*} --beams ${b#*x} \
@@ -174,11 +156,9 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
     echo "profiled finished"
     ;;
   fused-runs)
-    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
-    data=.gpu-data/KorQuAD_v1.0_dev.json
+    runs_env
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-    python3 -m pytest -q -m gpu tests/models/test_gpu.py -p no:cacheprovider --tb=short 2>&1 \
-      | grep -E "^E |Error|passed|failed|^tests/" | head -30
+    gpu_tests
     python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants 4bit \
       --modes loop-graphs,loop-compiled --batches 1x1,6x3 --tokens 32 --repeats 3 --out "$RES/probe-4bit" 2>&1 \
       | grep -E "^\|"
@@ -197,15 +177,10 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
       --generator-kwargs '{}' --out "$RES/serving_speed" 2>&1 | grep -E "^\|"
     echo "fused finished"
     ;;
-  latency)  # /answer at concurrency 1 with the default decoder (loop, warmed up) and with generate, side by side
-    (cd /tmp/src && rm -rf app engine models ensemble bench && cp -r "$OLDPWD"/{app,engine,models,ensemble,bench} . \
-      && setsid nohup bash bench/gpu_session.sh latency-runs >"$RES/latency.log" 2>&1 &)
-    sleep 2; tail -3 "$RES/latency.log"
-    ;;
   latency-runs)
-    export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    runs_env
     for dec in loop hf; do
-      python3 -m bench.http_latency --random-init .gpu-meta --data .gpu-data/KorQuAD_v1.0_dev.json \
+      python3 -m bench.http_latency --random-init .gpu-meta --data "$data" \
         --quantization 4bit --new-tokens 12 --concurrency 1 --questions 32 --requests 24 --warmup 4 \
         --server-env QA_DECODER=$dec --out "$RES/latency-$dec" && echo "latency $dec done"
     done
