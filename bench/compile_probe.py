@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.measure import forced_decode, sync
+from bench.measure import forced_decode, ms_per_step, sync
 from bench.workload import (
     add_base_args,
     default_out,
@@ -57,7 +56,9 @@ def _generator_kwargs(mode: str, compile_backend: str) -> dict[str, Any]:
     }[mode]
 
 
-def _generator(base: Any, spec: Any, variant: str, device: str, kwargs: dict[str, Any]) -> Any:
+def probe_generator(base: Any, spec: Any, variant: str, device: str, kwargs: dict[str, Any]) -> Any:
+    """The service's generator on a fresh load of `base` (4-bit or not, bf16 on CUDA), `spec` loaded, no stop
+    at line ends."""
     from models.generator import Generator
     from models.loading import LoadConfig, load_base
 
@@ -67,21 +68,6 @@ def _generator(base: Any, spec: Any, variant: str, device: str, kwargs: dict[str
     gen = Generator(model, tokenizer, stop_at_newline=False, **kwargs)
     gen.load_adapter(spec)
     return gen
-
-
-def _ms_per_token(
-    gen: Any, prompt: Any, batch: tuple[int, int], tokens: int, repeats: int, device: str
-) -> float:
-    def run(n: int) -> float:
-        sync(device)
-        started = time.perf_counter()
-        forced_decode(gen, [prompt] * batch[0], ["probe"] * batch[0], n, beams=batch[1])
-        sync(device)
-        return time.perf_counter() - started
-
-    run(tokens), run(1)  # warm-up: CUDA context, cuBLAS workspaces, allocator (and, compiled, the graphs)
-    per_token = [(run(tokens) - run(1)) / (tokens - 1) * 1000 for _ in range(repeats)]
-    return statistics.median(per_token)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         for variant in args.variants.split(","):
             eager_ms: dict[tuple[int, int], float] = {}
             for mode in modes:
-                gen = _generator(
+                gen = probe_generator(
                     base, spec, variant, args.device, _generator_kwargs(mode, args.compile_backend)
                 )
                 context = example.context if example else "서울은 대한민국의 수도이다."
@@ -128,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
                     forced_decode(gen, [prompt] * batch[0], ["probe"] * batch[0], args.tokens, beams=batch[1])
                     sync(args.device)
                     first_s = time.perf_counter() - started
-                    ms = _ms_per_token(gen, prompt, batch, args.tokens, args.repeats, args.device)
+                    ms = ms_per_step(gen, prompt, batch, args.tokens, args.repeats, args.device)
                     if mode == "eager":
                         eager_ms[batch] = ms
                     rows.append(

@@ -9,6 +9,7 @@ runs on its own plain peft model, the way the competition pipeline this service 
 
 from __future__ import annotations
 
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -180,11 +181,24 @@ def forced_decode(
             max_new_tokens=tokens,
             num_beams=beams,
             num_return_sequences=beams,
-            do_sample=False,
-            temperature=1.0,
-            top_k=50,
-            top_p=1.0,
-            seed=None,
         )
     finally:
         config.min_new_tokens = previous
+
+
+def ms_per_step(
+    generator: Any, prompt: Any, batch: tuple[int, int], tokens: int, repeats: int, device: str
+) -> float:
+    """Milliseconds of one decode step of `batch` (prompt rows x beams) of `prompt`: a forced decode of
+    `tokens` tokens minus one of 1, over tokens - 1, median of `repeats`, after one unmeasured pair (CUDA
+    context, workspaces, allocator; compiled graphs and captures)."""
+
+    def run(n: int) -> float:
+        sync(device)
+        started = time.perf_counter()
+        forced_decode(generator, [prompt] * batch[0], ["probe"] * batch[0], n, beams=batch[1])
+        sync(device)
+        return time.perf_counter() - started
+
+    run(tokens), run(1)
+    return statistics.median((run(tokens) - run(1)) / (tokens - 1) * 1000 for _ in range(repeats))

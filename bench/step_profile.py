@@ -22,12 +22,12 @@ import logging
 import re
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from bench.measure import forced_decode, sync
+from bench.compile_probe import probe_generator
+from bench.measure import forced_decode, ms_per_step, sync
 from bench.workload import (
     add_base_args,
     default_out,
@@ -80,19 +80,9 @@ def _kernels(gen: Any, prompt: Any, batch: tuple[int, int], tokens: int, device:
     return found
 
 
-def _wall_ms(gen: Any, prompt: Any, batch: tuple[int, int], tokens: int, device: str) -> float:
-    def run(n: int) -> float:
-        sync(device)
-        started = time.perf_counter()
-        forced_decode(gen, [prompt] * batch[0], ["probe"] * batch[0], n, beams=batch[1])
-        sync(device)
-        return time.perf_counter() - started
-
-    return min((run(tokens) - run(1)) / (tokens - 1) * 1e3 for _ in range(3))
-
-
 def profile_step(gen: Any, prompt: Any, batch: tuple[int, int], tokens: int, device: str) -> dict[str, Any]:
-    """One step's kernels (by name and by kind) and wall time; the loop already warm for this shape."""
+    """One step's wall time (warming the loop up for this shape first), then its kernels, by name and kind."""
+    wall_ms = ms_per_step(gen, prompt, batch, tokens, 3, device)
     many = _kernels(gen, prompt, batch, tokens, device)
     one = _kernels(gen, prompt, batch, 1, device)
     steps = tokens - 1
@@ -107,7 +97,7 @@ def profile_step(gen: Any, prompt: Any, batch: tuple[int, int], tokens: int, dev
         by_kind[kind_of(name)][1] += us
     top = sorted(per_name.items(), key=lambda kv: -kv[1][1])[:12]
     return {
-        "wall_ms": round(_wall_ms(gen, prompt, batch, tokens, device), 3),
+        "wall_ms": round(wall_ms, 3),
         "kernels": round(sum(c for c, _ in per_name.values()), 1),
         "kernel_ms": round(sum(us for _, us in per_name.values()) / 1e3, 3),
         "by_kind": {k: {"kernels": round(c, 1), "us": round(us, 1)} for k, (c, us) in by_kind.items()},
@@ -132,12 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny-random on the CPU")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.model, args.random_init, args.device = "tiny-random", None, "cpu"
+        args.model, args.random_init, args.device, args.variant = "tiny-random", None, "cpu", "bf16"
         args.tokens, args.graphs = 4, "off"
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    from models.generator import Generator
-    from models.loading import LoadConfig, load_base
-
     batch = (args.rows, args.beams)
     example = load_questions(args.data, split="eval", count=1)[0] if not args.smoke else None
     results: dict[str, Any] = {}
@@ -145,24 +132,15 @@ def main(argv: list[str] | None = None) -> int:
         base = resolve_base(args.model, args.random_init, Path(scratch), args.cache_dir, device=args.device)
         (spec,) = make_lora_adapters(base, Path(scratch) / "adapters", ["probe"])
         for graphs in [g.strip() for g in args.graphs.split(",") if g.strip()]:
-            quantization = "4bit" if args.variant == "4bit" and args.device.startswith("cuda") else "none"
-            dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
-            model, tokenizer = load_base(
-                base.path, LoadConfig(device=args.device, quantization=quantization, dtype=dtype)
-            )
-            gen = Generator(
-                model, tokenizer, stop_at_newline=False, decoder="loop", cuda_graphs=graphs == "on"
-            )
-            gen.load_adapter(spec)
+            loop = {"decoder": "loop", "cuda_graphs": graphs == "on"}
+            gen = probe_generator(base, spec, args.variant, args.device, loop)
             context = example.context if example else "서울은 대한민국의 수도이다."
             question = example.question if example else "수도는?"
             prompt = render_prompt("zero-shot", context, question, chat=gen.has_chat_template)
-            for n in (args.tokens, 1):  # warm-up: graphs captured, allocator and workspaces settled
-                forced_decode(gen, [prompt] * batch[0], ["probe"] * batch[0], n, beams=batch[1])
             results[graphs] = profile_step(gen, prompt, batch, args.tokens, args.device)
             summary = {k: v for k, v in results[graphs].items() if k not in ("top", "all")}
             logger.info("graphs %s: %s", graphs, summary)
-            del gen, model
+            del gen
     kinds = sorted({k for r in results.values() for k in r["by_kind"]})
     rows = []
     for graphs, r in results.items():
