@@ -21,7 +21,6 @@ from models.loading import LoadConfig, load_base
 from models.registry import AdapterRegistry
 from models.search import BeamSearch, Greedy, Stops
 
-DECODE = dict(do_sample=False, temperature=1.0, top_k=50, top_p=1.0, seed=None)
 SHORT = [{"role": "system", "content": "답하라."}, {"role": "user", "content": "서울은 어디?"}]
 LONG = [
     {"role": "system", "content": "문맥을 읽고 질문에 대한 답을 문맥에서 그대로 찾아 쓰시오."},
@@ -47,6 +46,13 @@ def _generator(
     return gen
 
 
+def _hf_and_loop(model_dir, adapters_dir, stop_at_newline: bool, static_prefill: bool | None):
+    """`generate` and the loop, each on its own load of the base, the same settings otherwise."""
+    hf = _generator(model_dir, adapters_dir, stop_at_newline=stop_at_newline)
+    loop_settings = dict(static_prefill=static_prefill, stop_at_newline=stop_at_newline, decoder="loop")
+    return hf, _generator(model_dir, adapters_dir, **loop_settings)
+
+
 def stop_heavy(tokenizer, vocab: int) -> torch.Tensor:
     """A logit bias that makes EOS and line ends likely (and a few other tokens, to vary the texts)."""
     bias = torch.zeros(vocab)
@@ -65,21 +71,10 @@ def assert_same(got, want) -> None:
 @pytest.mark.parametrize("static_prefill", [None, True])
 @pytest.mark.parametrize("stop_at_newline", [False, True])
 def test_greedy_equals_generate(tiny_model_dir, tiny_adapters_dir, stop_at_newline, static_prefill) -> None:
-    hf = _generator(tiny_model_dir, tiny_adapters_dir, stop_at_newline=stop_at_newline)
-    loop = _generator(
-        tiny_model_dir,
-        tiny_adapters_dir,
-        static_prefill=static_prefill,
-        stop_at_newline=stop_at_newline,
-        decoder="loop",
-    )
+    hf, loop = _hf_and_loop(tiny_model_dir, tiny_adapters_dir, stop_at_newline, static_prefill)
     for max_new_tokens in (1, 12):
-        want = hf.generate(
-            PROMPTS, ADAPTERS, max_new_tokens=max_new_tokens, num_beams=1, num_return_sequences=1, **DECODE
-        )
-        got = loop.generate(
-            PROMPTS, ADAPTERS, max_new_tokens=max_new_tokens, num_beams=1, num_return_sequences=1, **DECODE
-        )
+        want = hf.generate(PROMPTS, ADAPTERS, max_new_tokens=max_new_tokens)
+        got = loop.generate(PROMPTS, ADAPTERS, max_new_tokens=max_new_tokens)
         assert_same(got, want)
     assert loop.stats.new_tokens == hf.stats.new_tokens and loop.stats.sequences == hf.stats.sequences
 
@@ -88,15 +83,8 @@ def test_greedy_equals_generate(tiny_model_dir, tiny_adapters_dir, stop_at_newli
 @pytest.mark.parametrize("n", [1, 3])
 @pytest.mark.parametrize("stop_at_newline", [False, True])
 def test_beams_equal_generate(tiny_model_dir, tiny_adapters_dir, n, stop_at_newline, static_prefill) -> None:
-    hf = _generator(tiny_model_dir, tiny_adapters_dir, stop_at_newline=stop_at_newline)
-    loop = _generator(
-        tiny_model_dir,
-        tiny_adapters_dir,
-        static_prefill=static_prefill,
-        stop_at_newline=stop_at_newline,
-        decoder="loop",
-    )
-    beams = dict(DECODE, num_beams=3, num_return_sequences=n, max_new_tokens=10)
+    hf, loop = _hf_and_loop(tiny_model_dir, tiny_adapters_dir, stop_at_newline, static_prefill)
+    beams = dict(num_beams=3, num_return_sequences=n, max_new_tokens=10)
     want = hf.generate(PROMPTS, ADAPTERS, **beams)
     assert_same(loop.generate(PROMPTS, ADAPTERS, **beams), want)
     assert len({c[0][0] for c in want}) > 1, "adapters and prompts should give different candidates"
@@ -115,7 +103,7 @@ def test_stops_equal_generate(tiny_model_dir, tiny_adapters_dir, beams, n, stop_
     )
     for gen in (hf, loop):
         gen.model.generation_config.min_new_tokens = min_new_tokens
-    decoding = dict(DECODE, num_beams=beams, num_return_sequences=n, max_new_tokens=12)
+    decoding = dict(num_beams=beams, num_return_sequences=n, max_new_tokens=12)
     want = hf.generate(PROMPTS, ADAPTERS, **decoding)
     assert_same(loop.generate(PROMPTS, ADAPTERS, **decoding), want)
     lengths = [len(hf.tokenizer(t, add_special_tokens=False)["input_ids"]) for c in want for t, _ in c]
@@ -127,9 +115,7 @@ def test_every_candidate_ends_with_its_first_line(tiny_model_dir, tiny_adapters_
     bias = stop_heavy(plain.tokenizer, plain.model.config.vocab_size)
     bias[plain.tokenizer.eos_token_id] = 0.0  # lines, not EOS, end these answers
     loop = _generator(tiny_model_dir, tiny_adapters_dir, bias, decoder="loop")
-    out = loop.generate(
-        PROMPTS, ADAPTERS, **dict(DECODE, num_beams=3, num_return_sequences=3, max_new_tokens=16)
-    )
+    out = loop.generate(PROMPTS, ADAPTERS, **dict(num_beams=3, num_return_sequences=3, max_new_tokens=16))
     texts = [t for c in out for t, _ in c]
     assert all("\n" not in t.strip() for t in texts)
     assert sum(t.strip() != "" and t.endswith("\n") for t in texts) >= len(texts) // 2
@@ -183,7 +169,7 @@ def test_greedy_rows_stop_at_their_line_end_and_eos() -> None:
 
 def test_shapes_are_reused_and_dropped_when_adapters_change(tiny_model_dir, tiny_adapters_dir) -> None:
     loop = _generator(tiny_model_dir, tiny_adapters_dir, decoder="loop")
-    beams = dict(DECODE, num_beams=3, num_return_sequences=2, max_new_tokens=6)
+    beams = dict(num_beams=3, num_return_sequences=2, max_new_tokens=6)
     loop.generate([LONG, SHORT], ["gamma", None], **beams)
     loop.generate([SHORT, LONG], ["alpha", "beta"], **beams)  # other rows, the same shape
     assert len(loop._loop._states) == 1
@@ -204,7 +190,7 @@ def test_shapes_are_reused_and_dropped_when_adapters_change(tiny_model_dir, tiny
 def test_sampling_still_goes_through_generate(tiny_model_dir, tiny_adapters_dir) -> None:
     hf = _generator(tiny_model_dir, tiny_adapters_dir)
     loop = _generator(tiny_model_dir, tiny_adapters_dir, decoder="loop")
-    sample = dict(DECODE, do_sample=True, num_beams=1, num_return_sequences=2, seed=3, max_new_tokens=6)
+    sample = dict(do_sample=True, num_beams=1, num_return_sequences=2, seed=3, max_new_tokens=6)
     assert_same(loop.generate(PROMPTS, ADAPTERS, **sample), hf.generate(PROMPTS, ADAPTERS, **sample))
 
 
@@ -242,7 +228,7 @@ def test_loop_on_a_4bit_base(tiny_model_dir, tiny_adapters_dir) -> None:
         )
         for name in ("alpha", "beta"):
             gen.load_adapter(registry.get(name))
-    beams = dict(DECODE, num_beams=3, num_return_sequences=2, max_new_tokens=6)
+    beams = dict(num_beams=3, num_return_sequences=2, max_new_tokens=6)
     want = gens["hf"].generate([LONG, SHORT, LONG], ["alpha", None, "beta"], **beams)
     got = gens["loop"].generate([LONG, SHORT, LONG], ["alpha", None, "beta"], **beams)
     assert [[t for t, _ in c] for c in got] == [[t for t, _ in c] for c in want]
@@ -273,7 +259,7 @@ def test_padding_rows_never_change_results(tiny_model_dir, tiny_adapters_dir, pr
     hf = _generator(tiny_model_dir, tiny_adapters_dir, bias)
     loop = _generator(tiny_model_dir, tiny_adapters_dir, bias, decoder="loop")
     rows, adapters = (PROMPTS * 2)[:prompts], ([None, *ADAPTERS[1:], *ADAPTERS])[:prompts]  # row 0: no LoRA
-    decoding = dict(DECODE, num_beams=beams, num_return_sequences=n, max_new_tokens=10)
+    decoding = dict(num_beams=beams, num_return_sequences=n, max_new_tokens=10)
     want = hf.generate(rows, adapters, **decoding)
     got = loop.generate(rows, adapters, **decoding)
     assert len(got) == prompts and all(len(c) == n for c in got)
@@ -306,7 +292,7 @@ def test_padding_rows_stay_out_of_the_search(garbage) -> None:
 
 def test_lengths_and_row_counts_of_a_bucket_share_a_state(tiny_model_dir, tiny_adapters_dir) -> None:
     loop = _generator(tiny_model_dir, tiny_adapters_dir, decoder="loop")
-    beams = dict(DECODE, num_beams=3, num_return_sequences=1, max_new_tokens=4)
+    beams = dict(num_beams=3, num_return_sequences=1, max_new_tokens=4)
     loop.generate([SHORT] * 5, ADAPTERS + ["alpha"], **beams)
     loop.generate(
         [LONG] * 6, (ADAPTERS * 2)[:6], **beams
@@ -327,7 +313,7 @@ def test_warm_up_makes_the_shapes_requests_use(tiny_model_dir, tiny_adapters_dir
         for length in (256, 384, 512)
     }
     assert gen._stacked.rows.mask is None  # no row mask left for the next forward
-    beams = dict(DECODE, num_beams=3, num_return_sequences=3, max_new_tokens=6)
+    beams = dict(num_beams=3, num_return_sequences=3, max_new_tokens=6)
     gen.generate([LONG, SHORT] * 3, list(plan[0]), **beams)
     gen.generate([LONG], ["alpha"], **dict(beams, num_beams=1, num_return_sequences=1))
     assert len(gen._loop._states) == 6  # the requests met warm shapes
@@ -358,8 +344,8 @@ def test_compiled_steps_equal_eager_steps(tiny_model_dir, tiny_adapters_dir, bac
     torch._dynamo.reset()
     counters.clear()
     for decoding in (
-        dict(DECODE, num_beams=1, num_return_sequences=1),
-        dict(DECODE, num_beams=3, num_return_sequences=2),
+        dict(num_beams=1, num_return_sequences=1),
+        dict(num_beams=3, num_return_sequences=2),
     ):
         for prompts, adapters in ((PROMPTS, ADAPTERS), (PROMPTS[:2] * 4, ["alpha", None] * 4)):
             want = eager.generate(prompts, adapters, max_new_tokens=8, **decoding)
@@ -379,7 +365,7 @@ def test_warm_up_makes_the_prefill_shapes_requests_use(tiny_model_dir, tiny_adap
     assert set(gen._loop._prefills) == {(rows, width, True) for rows in (6, 1) for width in widths}
     assert set(gen._loop._states) == {(18, 256, 32, True, True), (1, 256, 32, False, True)}
     assert done.shapes == 10
-    beams = dict(DECODE, num_beams=3, num_return_sequences=3, max_new_tokens=6)
+    beams = dict(num_beams=3, num_return_sequences=3, max_new_tokens=6)
     gen.generate([LONG, SHORT] * 3, list(plan[0]), **beams)
     gen.generate([SHORT], ["alpha"], **dict(beams, num_beams=1, num_return_sequences=1))
     assert len(gen._loop._prefills) == 8 and len(gen._loop._states) == 2  # the requests met warm shapes
@@ -397,7 +383,7 @@ def test_prefill_padding_follows_the_graph_size_and_survives_a_failed_capture(
     hf = _generator(tiny_model_dir, tiny_adapters_dir)
     loop = _generator(tiny_model_dir, tiny_adapters_dir, decoder="loop")
     monkeypatch.setattr(models.decode_loop.DecodeLoop, "_graphs_on", lambda self, device: True)
-    beams = dict(DECODE, num_beams=3, num_return_sequences=2, max_new_tokens=6)
+    beams = dict(num_beams=3, num_return_sequences=2, max_new_tokens=6)
     want = hf.generate(PROMPTS, ADAPTERS, **beams)
     monkeypatch.setattr(models.decode_loop, "PREFILL_GRAPH_TOKENS", 1)  # every prefill is "too large"
     assert_same(loop.generate(PROMPTS, ADAPTERS, **beams), want)

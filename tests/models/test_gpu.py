@@ -14,7 +14,7 @@ pytestmark = [
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
 ]
 PROMPT = [{"role": "user", "content": "문맥: 세종대왕은 1443년에 훈민정음을 창제하였다.\n질문: 누가?"}]
-DECODE = dict(do_sample=False, temperature=1.0, top_k=50, top_p=1.0, seed=None, max_new_tokens=8)
+DECODE = dict(max_new_tokens=8)  # and Generator.generate's defaults: greedy, one candidate
 
 
 @pytest.fixture
