@@ -14,9 +14,9 @@ one kernel launch per operator (`bench/step_ops.py`), so the operators are few: 
 matmul (`addmm`), and projections that read the same input (q/k/v of an attention, gate/up of an MLP) are
 computed together (`SiblingGroup`): one base matmul over their concatenated weights (`models.fused_base`),
 one A matmul, one mask multiply and a B matmul per member adding into its columns of the output. In a
-decode step on CUDA (one token a row, few rows) a group's whole LoRA is one Triton kernel
-(`models.lora_kernel`). The seven projections of a layer are 4 base matmuls and 4 LoRA kernels there, 19
-operators elsewhere, instead of 35.
+decode step on CUDA (one token a row, few rows) a group's whole LoRA is one Triton kernel (two for the long
+input of the MLP's down projection: `models.lora_kernel`). The seven projections of a layer are 4 base
+matmuls and 5 LoRA kernels there, 19 operators elsewhere, instead of 35.
 
 The mask is set once per `generate` call for its rows (beams repeat their row's mask) and read by every layer
 through one shared `RowMask` holder. It lives in one persistent buffer per row count, and `version` changes

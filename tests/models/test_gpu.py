@@ -186,7 +186,7 @@ def test_lora_kernel_equals_the_matmuls_on_cuda():
                 want[:, start : start + size].addmm_(
                     h[:, i * rank : (i + 1) * rank], b[start : start + size].t()
                 )
-            assert lora_kernel.fits(x, a, mask, b, out, starts)
+            assert lora_kernel.fits(x, a, mask, b, out, starts)  # down's 4,864 inputs: the split form
             lora_kernel.add_lora_(x, a, mask, b, out, starts)
             torch.testing.assert_close(out, want, rtol=2e-2, atol=2e-2)
 

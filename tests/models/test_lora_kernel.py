@@ -19,6 +19,8 @@ CHECK = textwrap.dedent(
     torch.manual_seed(0)
     cases = [(1, (128, 64, 64), 24, 200), (5, (192, 64), 48, 64), (3, (64,), 16, 130)]
     cases.append((2, (64, 32, 32), 8, 64))  # 32-column tiles (the tiny model's k and v)
+    cases.append((3, (64,), 16, 2500))  # a long input (the down projection's): split over it, two kernels
+    cases.append((2, (64, 128), 8, lora_kernel.MAX_IN_FEATURES + 1))  # and two members
     for rows, outs, rank, in_features in cases:
         starts = [sum(outs[:i]) for i in range(len(outs))]
         x = torch.randn(rows, in_features)
@@ -64,4 +66,4 @@ def test_it_serves_only_a_decode_step_on_cuda() -> None:
     assert not lora_kernel.fits(*_call(rows=lora_kernel.MAX_ROWS + 1, device="cuda"))  # a prefill's tokens
     assert not lora_kernel.fits(*_call(outs=(96, 64), device="cuda"))  # a member's columns split a tile
     assert not lora_kernel.fits(*_call(outs=(64,) * 4, device="cuda"))  # more members than it picks from
-    assert not lora_kernel.fits(*_call(in_features=4864, device="cuda"))  # the down projection: matmuls win
+    assert lora_kernel.fits(*_call(in_features=4864, device="cuda"))  # the down projection: two kernels
