@@ -1,7 +1,8 @@
 """Decode step per decoding mode: `generate` eager or compiled (`QA_COMPILE`), our loop (`QA_DECODER=loop`).
 
     python -m bench.compile_probe --random-init .gpu-meta --data .gpu-data/KorQuAD_v1.0_dev.json \
-        [--variants bf16,4bit] [--modes eager,compiled,loop,loop-graphs] [--batches 1x1,6x3]
+        [--variants bf16,4bit] [--modes eager,compiled,loop,loop-graphs] [--batches 1x1,6x3] \
+        [--generator-kwargs '{"attention_kernel": false}']
     python -m bench.compile_probe --smoke   # tiny model on the CPU, TorchDynamo's trace-only "eager" backend
 
 Per variant (4-bit NF4 or bf16 base) and batch (ROWSxBEAMS: 1x1 is one greedy row, 6x3 the ensemble's shape, 2
@@ -20,6 +21,7 @@ exactly N tokens (EOS masked, no stop at line ends). Whole requests (prompts, vo
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import tempfile
@@ -79,6 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile-backend", default="inductor")
+    parser.add_argument(
+        "--generator-kwargs",
+        type=json.loads,
+        default={},
+        help="JSON passed to every mode's Generator(...), e.g. '{\"attention_kernel\": false}'",
+    )
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--smoke", action="store_true", help="tiny-random on the CPU with the eager backend")
@@ -102,9 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         for variant in args.variants.split(","):
             eager_ms: dict[tuple[int, int], float] = {}
             for mode in modes:
-                gen = probe_generator(
-                    base, spec, variant, args.device, _generator_kwargs(mode, args.compile_backend)
-                )
+                kwargs = {**_generator_kwargs(mode, args.compile_backend), **args.generator_kwargs}
+                gen = probe_generator(base, spec, variant, args.device, kwargs)
                 context = example.context if example else "서울은 대한민국의 수도이다."
                 question = example.question if example else "수도는?"
                 prompt = render_prompt("zero-shot", context, question, chat=gen.has_chat_template)

@@ -18,6 +18,7 @@ JSON under `bench/results/<date>-step-profile/`.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import re
 import sys
@@ -118,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--graphs", default="on,off", help="comma-separated: on (as served), off")
     parser.add_argument("--device", default="cuda")
+    parser.add_argument(
+        "--generator-kwargs", type=json.loads, default={}, help="JSON passed to Generator(...) too"
+    )
     parser.add_argument("--out", type=Path)
     parser.add_argument("--smoke", action="store_true", help="tiny-random on the CPU")
     args = parser.parse_args(argv)
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         base = resolve_base(args.model, args.random_init, Path(scratch), args.cache_dir, device=args.device)
         (spec,) = make_lora_adapters(base, Path(scratch) / "adapters", ["probe"])
         for graphs in [g.strip() for g in args.graphs.split(",") if g.strip()]:
-            loop = {"decoder": "loop", "cuda_graphs": graphs == "on"}
+            loop = {"decoder": "loop", "cuda_graphs": graphs == "on", **args.generator_kwargs}
             gen = probe_generator(base, spec, args.variant, args.device, loop)
             context = example.context if example else "서울은 대한민국의 수도이다."
             question = example.question if example else "수도는?"
