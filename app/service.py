@@ -118,6 +118,7 @@ class QAService:
             decoder=s.decoder,
             decode_cache_mb=s.decode_cache_mb,
             lora_kernel=s.lora_kernel,
+            attention_kernel=s.attention_kernel,
             warmup=s.warmup,
             max_resident_adapters=s.max_resident_adapters,
             pinned_adapters=tuple(s.pinned_adapters),

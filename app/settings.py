@@ -75,6 +75,12 @@ class ServiceSettings(BaseSettings):
         "projection group (CUDA, up to 64 rows) instead of an A matmul, a mask multiply and a B matmul per "
         "projection. Same arithmetic; false keeps the matmuls.",
     )
+    attention_kernel: bool = Field(
+        True,
+        description="Run a decode-loop step's rotary embedding, KV cache write and attention as two Triton "
+        "kernels a layer (CUDA; Qwen2 and Llama attention) instead of ~14 operators. Same arithmetic up to "
+        "rounding; false keeps transformers' attention.",
+    )
     decode_cache_mb: int | None = Field(
         None,
         ge=1,

@@ -13,6 +13,8 @@
 #   bash bench/gpu_session.sh fused            tests, step probe, phases, /answer, pipeline (background)
 #   bash bench/gpu_session.sh profiled         the step's kernel profile, probe, phases, /answer, pipeline
 #   bash bench/gpu_session.sh kernel           the one-kernel LoRA on and off, profile, phases, /answer
+#   bash bench/gpu_session.sh attention        the attention kernel: tests, tuning, on and off, profile
+#   bash bench/gpu_session.sh served           compiled step, /answer at concurrency 1-32, pipeline, memory
 #   bash bench/gpu_session.sh part N           carry .gpu-partN: one part of the base GGUF into /tmp/parts
 #   bash bench/gpu_session.sh status [STEP]    what a background run printed last
 #   bash bench/gpu_session.sh collect          copy the background results to $OUT
@@ -61,7 +63,7 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
     python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --new-tokens 12 \
       --out "$RES/http_latency" && echo "http_latency done"
     ;;
-  speed|latency|compiled|kernel|fused|profiled)  # STEP-runs below, in the background, on this call's code
+  speed|latency|compiled|kernel|fused|profiled|attention|served)  # STEP-runs below, in the background, on this call's code
     # (poll with `status STEP` from inside a later call, then `collect`)
     (cd /tmp/src && rm -rf app engine models ensemble bench tests && \
       cp -r "$OLDPWD"/{app,engine,models,ensemble,bench,tests} . \
@@ -135,6 +137,32 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
     python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants 4bit \
       --modes loop-compiled --batches 1x1 --tokens 32 --repeats 3 --out "$RES/probe-compiled" 2>&1 | grep -E "^\|"
     echo "kernel finished"
+    ;;
+  attention-runs)
+    runs_env
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+    gpu_tests
+    python3 -m bench.attention_kernel_tune --out "$RES/attention-tune" 2>&1 | grep -E "^\|"
+    python3 -m bench.lora_kernel_tune --rows 1,18 --out "$RES/lora-tune" 2>&1 | grep -E "^\|"
+    for k in false true; do
+      python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants 4bit,bf16 \
+        --modes loop-graphs --batches 1x1,6x3 --tokens 32 --repeats 3 --generator-kwargs "{\"attention_kernel\": $k}" \
+        --out "$RES/probe-attention-$k" 2>&1 | grep -E "^\|"
+    done
+    python3 -m bench.step_profile --random-init .gpu-meta --data "$data" --graphs on --out "$RES/profile-1x1" \
+      2>&1 | grep -E "^\|" | head -24
+    echo "attention finished"
+    ;;
+  served-runs)
+    runs_env
+    python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants 4bit \
+      --modes loop-compiled --batches 1x1,6x3 --tokens 32 --repeats 3 --out "$RES/probe-compiled" 2>&1 | grep -E "^\|"
+    python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --quantization 4bit --new-tokens 12 \
+      --concurrency 1,8,32 --questions 32 --requests 24 --cell-seconds 15 --warmup 4 --out "$RES/http" 2>&1 \
+      | grep -E "^\||ready in"
+    python3 -m bench.serving_speed --random-init .gpu-meta --data "$data" --variants 4bit --generator-kwargs '{}' \
+      --out "$RES/serving_speed" 2>&1 | grep -E "^\|"
+    echo "served finished"
     ;;
   profiled-runs)
     runs_env

@@ -64,9 +64,12 @@ class EngineConfig:
     """Load every adapter of `adapters_dir` at start. False: start with the base alone and load adapters by
     name later (`Engine.load_adapter`), as Ray Serve replicas do for the adapter sets routed to them."""
     decode_cache_mb: int | None = None
+    """MiB the decode loop keeps for its shapes; None: a fifth of the GPU's memory (>= 4 GiB), else 4 GiB."""
     lora_kernel: bool = True
     """A decode step's stacked LoRA as one Triton kernel a projection group (`models.lora_kernel`)."""
-    """MiB the decode loop keeps for its shapes; None: a fifth of the GPU's memory (>= 4 GiB), else 4 GiB."""
+    attention_kernel: bool = True
+    """A decode step's rotary, cache write and attention as two Triton kernels a layer
+    (`models.attention_kernel`)."""
     warmup: bool | Literal["auto"] = False
     """Make the decode loop's shapes for the default plan and a single greedy row before `build_engine`
     returns (`Engine.warm_up`); "auto": only on CUDA, where each is a CUDA graph to capture. Needs
@@ -204,6 +207,7 @@ def build_engine(config: EngineConfig) -> Engine:
         decoder=config.decoder,
         decode_cache_bytes=config.decode_cache_mb << 20 if config.decode_cache_mb else None,
         lora_kernel=config.lora_kernel,
+        attention_kernel=config.attention_kernel,
     )
     registry = None
     if config.adapters_dir is not None and not config.preload_adapters:

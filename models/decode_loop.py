@@ -108,8 +108,9 @@ class DecodeLoop:
     `cache_bytes`: bytes of the shapes kept (KV buffers, the beam reorder's copy, log-probabilities), least
     recently used out first (a quarter of it for prefills); None: a fifth of the device's memory on CUDA, at
     least `MIN_CACHE_BYTES`, else `MIN_CACHE_BYTES`; `min_length`: the shortest cache length bucket (lengths
-    and prompt rows are rounded up `bucket`'s ladder, so similar batches share a shape and its graph).
-    Not thread-safe: the generator's lock serialises calls.
+    and prompt rows are rounded up `bucket`'s ladder, so similar batches share a shape and its graph);
+    `attention_kernel`: a step's rotary, cache write and attention in `models.attention_kernel` where it
+    serves (CUDA). Not thread-safe: the generator's lock serialises calls.
     """
 
     def __init__(
@@ -122,11 +123,12 @@ class DecodeLoop:
         cache_bytes: int | None = None,
         min_length: int = MIN_LENGTH,
         compile_backend: str | None = None,
+        attention_kernel: bool = True,
     ) -> None:
         layers = StaticCache(config=model.config, max_cache_len=1).layers
         if any(type(layer) is not StaticLayer for layer in layers):
             raise ValueError("the decode loop needs a model whose layers all use full attention")
-        use_fast_paths(model)  # grouped SDPA for one query token, RMSNorm as one operator
+        use_fast_paths(model)  # grouped SDPA, RMSNorm as one operator, the attention kernel (CUDA)
         self.model, self.stacked = model, stacked
         self.eos = torch.tensor(list(eos_ids), dtype=torch.long)
         if cache_bytes is None:
@@ -134,6 +136,7 @@ class DecodeLoop:
             total = torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else 0
             cache_bytes = max(MIN_CACHE_BYTES, total // 5)
         self.cuda_graphs, self.cache_bytes, self.min_length = cuda_graphs, cache_bytes, min_length
+        self.attention_kernel = attention_kernel
         self._states: OrderedDict[tuple, DecodeState] = OrderedDict()
         self._prefills: OrderedDict[tuple, PrefillState] = OrderedDict()  # by (rows, width, LoRA or not)
         self._prefill_graphs, self._graph_pool = True, None
@@ -402,7 +405,9 @@ class DecodeLoop:
             nbytes += 2 * rows * vocab * 4  # the log-probabilities, and the float logits of a captured step
             while self._states and sum(s.nbytes for s in self._states.values()) + nbytes > self.cache_bytes:
                 self._states.popitem(last=False)
-            state = DecodeState(self.model.config, rows, length, generated, vocab, first, beams)
+            state = DecodeState(
+                self.model.config, rows, length, generated, vocab, first, beams, self.attention_kernel
+            )
             state.nbytes = nbytes
             if self._graphs_on(state.keys.device):
                 captured = self._capture(state, lambda: self._run_step(state))

@@ -14,7 +14,15 @@ class DecodeState:
     """The fixed buffers of one shape (rows x cache length) and, once captured, the CUDA graph of its step."""
 
     def __init__(
-        self, config: Any, rows: int, length: int, generated: int, vocab: int, like: Any, beams: bool
+        self,
+        config: Any,
+        rows: int,
+        length: int,
+        generated: int,
+        vocab: int,
+        like: Any,
+        beams: bool,
+        attention_kernel: bool = False,
     ) -> None:
         keys, values = like.keys, like.values  # a prefill layer's [prompts, heads, width, dim]
         device, heads, layers = keys.device, keys.shape[1], config.num_hidden_layers
@@ -30,7 +38,7 @@ class DecodeState:
         self.positions = torch.zeros(rows, 1, dtype=torch.long, device=device)
         self.mask = torch.zeros(rows, length, dtype=torch.bool, device=device)
         self.cursor = torch.zeros(1, dtype=torch.long, device=device)  # the cache slot this step writes
-        self.cache = StepCache(config, self.keys, self.values, self.cursor)
+        self.cache = StepCache(config, self.keys, self.values, self.cursor, attention_kernel)
         self.log_probs = torch.zeros(rows, vocab, device=device)
 
     def load(self, prefill: Any, prompt_mask: torch.Tensor, beams: int) -> None:
@@ -87,11 +95,22 @@ class StepCache(StaticCache):
     `cursor` in the state's stacked tensors, and attends over its whole slice (the mask hides the unfilled
     slots). Two operators a layer instead of a static layer's five, and the stacked tensors are the only
     cache tensors a compiled step takes (transformers' layers would each hold a view of them: inputs that
-    alias each other, which TorchDynamo's dynamic shapes do not take)."""
+    alias each other, which TorchDynamo's dynamic shapes do not take).
 
-    def __init__(self, config: Any, keys: torch.Tensor, values: torch.Tensor, cursor: torch.Tensor) -> None:
+    `attention_kernel`: the attention modules `models.fast_paths` prepared write the new token themselves,
+    with rotary and attention, in `models.attention_kernel` (where it serves), instead of calling `update`."""
+
+    def __init__(
+        self,
+        config: Any,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        cursor: torch.Tensor,
+        attention_kernel: bool = False,
+    ) -> None:
         super().__init__(config=config, max_cache_len=keys.shape[3])
         self.keys, self.values, self.cursor = keys, values, cursor
+        self.attention_kernel = attention_kernel
 
     def update(
         self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *args: Any, **kwargs: Any

@@ -21,6 +21,11 @@ operators (casts, pow, mean, add, rsqrt, mul, mul): 49 norms are ~300 launches o
 float32 as the module does and rounds once where the module rounds the normalised value before scaling
 (bf16 differences of a rounding; float32 the same). Norms whose weight dtype differs from their input keep
 their own forward.
+
+**A decode step's attention in two kernels.** In a step of the decode loop (its cache is a `StepCache` that
+asks for it), Qwen2's and Llama's attention go from the q/k/v projections to o_proj through
+`models.attention_kernel.decode_attention`: rotary, the cache write and grouped attention in two Triton
+kernels instead of ~14. Any other call, or a shape the kernel does not take, runs the module's own forward.
 """
 
 from __future__ import annotations
@@ -34,7 +39,13 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
+from models import attention_kernel
+from models.decode_state import StepCache
+
 NAME = "qa_grouped_sdpa"
+KERNEL_ATTENTION = frozenset({"Qwen2Attention", "LlamaAttention"})
+"""Attention classes whose forward is the plain q/k/v -> rotary (`rotate_half`) -> cache -> attention ->
+o_proj that `decode_attention` replaces (no q/k norms, no soft-capping, no sliding window)."""
 
 
 def grouped_sdpa(
@@ -95,7 +106,50 @@ def use_fused_rms_norm(model: Any) -> int:
     return count
 
 
+def _kernel_attention(
+    self: torch.nn.Module,
+    hidden_states: torch.Tensor,
+    position_embeddings: tuple[torch.Tensor, torch.Tensor],
+    attention_mask: torch.Tensor | None,
+    past_key_values: Any = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    cache = past_key_values
+    if (
+        isinstance(cache, StepCache)
+        and cache.attention_kernel
+        and hidden_states.shape[1] == 1
+        and attention_mask is not None
+        and attention_mask.dim() == 4
+        and self.config._attn_implementation in (NAME, "sdpa")
+    ):
+        cos, sin = (t[:, 0] for t in position_embeddings)  # [rows, 1, dim] -> [rows, dim]
+        keys, values = cache.keys[self.layer_idx], cache.values[self.layer_idx]
+        mask = attention_mask[:, 0, 0]  # one query token: [rows, 1, 1, slots] -> [rows, slots]
+        if attention_kernel.fits(self.config.num_attention_heads, cos, sin, keys, values, mask):
+            query, key, value = (p(hidden_states)[:, 0] for p in (self.q_proj, self.k_proj, self.v_proj))
+            out = attention_kernel.decode_attention(
+                query, key, value, cos, sin, keys, values, cache.cursor, mask, self.scaling
+            )
+            return self.o_proj(out[:, None]), None
+    return type(self).forward(
+        self, hidden_states, position_embeddings, attention_mask, past_key_values, **kwargs
+    )
+
+
+def use_kernel_attention(model: Any) -> int:
+    """Let every attention module of `KERNEL_ATTENTION`'s classes run a decode step through
+    `decode_attention` (where the step's cache asks for it); returns how many."""
+    count = 0
+    for module in model.modules():
+        if type(module).__name__ in KERNEL_ATTENTION and not hasattr(module, "q_norm"):
+            module.forward = types.MethodType(_kernel_attention, module)
+            count += 1
+    return count
+
+
 def use_fast_paths(model: Any) -> None:
-    """Both replacements (see the module doc)."""
+    """The three replacements (see the module doc)."""
     use_grouped_attention(model)
     use_fused_rms_norm(model)
+    use_kernel_attention(model)

@@ -66,6 +66,7 @@ class Generator:
         cuda_graphs: bool = True,
         decode_cache_bytes: int | None = None,
         lora_kernel: bool = True,
+        attention_kernel: bool = True,
     ):
         self._model = model
         self._tokenizer = tokenizer
@@ -120,6 +121,7 @@ class Generator:
                 cuda_graphs=cuda_graphs,
                 cache_bytes=decode_cache_bytes,
                 compile_backend=compile_backend,
+                attention_kernel=attention_kernel,
             )
             if decoder == "loop"
             else None

@@ -46,6 +46,21 @@ def test_qa_lora_kernel_reaches_the_stacked_lora(tiny_settings: ServiceSettings,
             assert client.app.state.service._engine.generator._stacked.rows.kernel is value
 
 
+def test_qa_attention_kernel_reaches_the_decode_loop(tiny_settings: ServiceSettings, monkeypatch) -> None:
+    from fastapi.testclient import TestClient
+
+    from app.main import build_app
+
+    assert ServiceSettings().attention_kernel is True
+    monkeypatch.setenv("QA_ATTENTION_KERNEL", "false")
+    assert ServiceSettings().attention_kernel is False
+    for value in (False, True):
+        settings = tiny_settings.model_copy(update={"attention_kernel": value, "decoder": "loop"})
+        with TestClient(build_app(settings)) as client:
+            assert client.app.state.service.wait_ready(timeout=60)
+            assert client.app.state.service._engine.generator._loop.attention_kernel is value
+
+
 def test_qa_decode_cache_mb_bounds_the_decode_loops_shapes(
     tiny_settings: ServiceSettings, monkeypatch
 ) -> None:
