@@ -45,7 +45,10 @@ logger = logging.getLogger("bench.step_profile")
 
 KINDS = (  # the first pattern a kernel's name matches names its kind (cuDNN's SDPA names its arch: sm90)
     ("4-bit matmul (bitsandbytes)", r"4bit|kgemm|gemv_4|bnb|dequantize"),
-    ("attention (SDPA)", r"flash|fmha|attention|sdpa|softmax"),
+    ("stacked LoRA (models.lora_kernel)", r"^_stacked_lora_kernel|^_shrink_kernel|^_expand_kernel"),
+    ("attention (models.attention_kernel)", r"^_attend_kernel|^_combine_kernel"),
+    ("attention (SDPA)", r"flash|fmha|attention|sdpa"),
+    ("log-softmax of the logits", r"softmax"),
     ("matmul (cuBLAS / CUTLASS)", r"gemm|gemv|cutlass|nvjet|sm90_|sm80_|cublas|splitk|xmma"),
     ("RMSNorm (PyTorch's fused kernel)", r"rms_norm|rmsnorm|layer_norm"),
     ("pointwise, copies, reductions", r"elementwise|vectorized|reduce|copy|cat|index|fill|where|triton"),
