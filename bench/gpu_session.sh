@@ -15,6 +15,7 @@
 #   bash bench/gpu_session.sh kernel           the one-kernel LoRA on and off, profile, phases, /answer
 #   bash bench/gpu_session.sh attention        the attention kernel: tests, tuning, on and off, profile
 #   bash bench/gpu_session.sh served           compiled step, /answer at concurrency 1-32, pipeline, memory
+#   bash bench/gpu_session.sh shapes           /answer at concurrency 8 and 32, default shape memory and more
 #   bash bench/gpu_session.sh part N           carry .gpu-partN: one part of the base GGUF into /tmp/parts
 #   bash bench/gpu_session.sh status [STEP]    what a background run printed last
 #   bash bench/gpu_session.sh collect          copy the background results to $OUT
@@ -63,7 +64,7 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
     python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --new-tokens 12 \
       --out "$RES/http_latency" && echo "http_latency done"
     ;;
-  speed|latency|compiled|kernel|fused|profiled|attention|served)  # STEP-runs below, in the background, on this call's code
+  speed|latency|compiled|kernel|fused|profiled|attention|served|shapes)  # STEP-runs below, in the background, on this call's code
     # (poll with `status STEP` from inside a later call, then `collect`)
     (cd /tmp/src && rm -rf app engine models ensemble bench tests && \
       cp -r "$OLDPWD"/{app,engine,models,ensemble,bench,tests} . \
@@ -163,6 +164,19 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
     python3 -m bench.serving_speed --random-init .gpu-meta --data "$data" --variants 4bit --generator-kwargs '{}' \
       --out "$RES/serving_speed" 2>&1 | grep -E "^\|"
     echo "served finished"
+    ;;
+  shapes-runs)  # do the decode loop's shapes thrash under load? (its log names each new shape and evictions)
+    runs_env
+    for mb in default 40000; do
+      env_mb=(); [ "$mb" != default ] && env_mb=(--server-env QA_DECODE_CACHE_MB=$mb)
+      mkdir -p "$RES/shapes-$mb"
+      python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --quantization 4bit --new-tokens 12 \
+        --kinds ensemble --concurrency 8,32 --questions 48 --requests 48 --cell-seconds 15 --warmup 4 \
+        --server-env QA_LOG_LEVEL=info --server-env QA_LOG_FORMAT=text "${env_mb[@]}" \
+        --server-log "$RES/shapes-$mb/server.log" --out "$RES/shapes-$mb" 2>&1 | grep -E "^\||ready in"
+      grep -c "new step shape" "$RES/shapes-$mb/server.log"; grep "new step shape" "$RES/shapes-$mb/server.log" | tail -4
+    done
+    echo "shapes finished"
     ;;
   profiled-runs)
     runs_env

@@ -271,6 +271,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--new-tokens", type=int, default=24)
     parser.add_argument("--server-env", action="append", default=[], metavar="QA_NAME=VALUE")
     parser.add_argument("--ready-timeout", type=float, default=600.0)
+    parser.add_argument("--server-log", type=Path, help="keep the server's log there (default: dropped)")
     parser.add_argument("--out", type=Path, help="default: bench/results/<date>-http-latency/")
     parser.add_argument("--smoke", action="store_true", help="tiny-random on the CPU, a few requests")
     args = parser.parse_args(argv)
@@ -293,7 +294,8 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or default_out("http-latency")
     started_at = datetime.now(UTC)
     questions = load_questions(args.data, split=args.split, count=args.questions)
-    with tempfile.TemporaryDirectory(prefix="http-latency-") as tmp, tempfile.TemporaryFile() as log:
+    log_file = args.server_log.open("w+b") if args.server_log else tempfile.TemporaryFile()
+    with tempfile.TemporaryDirectory(prefix="http-latency-") as tmp, log_file as log:
         scratch = Path(tmp)
         cache = scratch / "cache" if args.smoke else args.cache_dir
         init_device = "cuda" if args.device != "cpu" and _cuda() else "cpu"

@@ -398,6 +398,7 @@ class DecodeLoop:
         key = (rows, length, generated, beams, with_lora)
         state = self._states.pop(key, None)
         if state is None:
+            started, evicted = time.perf_counter(), 0
             first = prefill.layers[0]
             per_token = sum(t.shape[1] * t.shape[3] * t.element_size() for t in (first.keys, first.values))
             slots = length + (generated if beams else 0)  # + the beam reorder's copy of the new slots
@@ -405,6 +406,7 @@ class DecodeLoop:
             nbytes += 2 * rows * vocab * 4  # the log-probabilities, and the float logits of a captured step
             while self._states and sum(s.nbytes for s in self._states.values()) + nbytes > self.cache_bytes:
                 self._states.popitem(last=False)
+                evicted += 1
             state = DecodeState(
                 self.model.config, rows, length, generated, vocab, first, beams, self.attention_kernel
             )
@@ -417,6 +419,19 @@ class DecodeLoop:
                     captured = self._capture(state, lambda: self._run_step(state))
                 if not captured:
                     self.cuda_graphs = False  # steps run eagerly from now on
+            logger.info(  # a new shape costs a capture on CUDA: many of these under load mean thrashing
+                "decode loop: new step shape, %d rows x %d slots%s, %.0f MB, %.2f s; %d evicted, %d kept "
+                "(%.0f of %.0f MB)",
+                rows,
+                length,
+                " (beams)" if beams else "",
+                nbytes / 2**20,
+                time.perf_counter() - started,
+                evicted,
+                len(self._states) + 1,
+                (sum(s.nbytes for s in self._states.values()) + nbytes) / 2**20,
+                self.cache_bytes / 2**20,
+            )
         self._states[key] = state
         return state
 
