@@ -9,8 +9,8 @@ left-padded, generation stops at EOS and, by default, at the end of the answer's
 are one line; the rest would be thrown away by `ensemble.clean` anyway). A lock serialises generation and
 adapter changes, because the server calls from threads. This module does not choose prompts, decoding plans or
 answers: that is `ensemble/`. On CUDA out-of-memory a batch is split in halves and retried
-(`_generate_split`); an adapter's weights are checked against the base before peft touches the shared model
-(`models.weights`). With `decoder="loop"` greedy and beam requests run through `models.decode_loop` (our own
+(`_generate_split`). Which adapters rows may name, which are on the model, and loading them (their weights
+checked first) is `models.adapters.ServedAdapters`, called under the lock. With `decoder="loop"` greedy and beam requests run through `models.decode_loop` (our own
 loop over the model's forward: one prefill per prompt, a static cache, CUDA graphs) instead of `generate`;
 sampled requests always use `generate`; `warm_up` makes the loop's shapes (its CUDA graphs) ahead of requests.
 """
@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 from transformers import StoppingCriteriaList
 
+from models.adapters import ServedAdapters
 from models.cache import AdapterResidency
 from models.decode_loop import DecodeLoop, WarmUp
 from models.decoding import (
@@ -36,10 +37,9 @@ from models.decoding import (
     compile_config,
     static_cache,
 )
-from models.errors import AdapterError, GenerationOutOfMemoryError, PromptTooLongError, UnknownAdapterError
-from models.multi_lora import StackedLora, read_lora
-from models.registry import ADAPTER_WEIGHTS, AdapterSpec
-from models.weights import check_lora_weights
+from models.errors import GenerationOutOfMemoryError, PromptTooLongError
+from models.multi_lora import StackedLora
+from models.registry import AdapterSpec
 
 logger = logging.getLogger(__name__)
 
@@ -68,12 +68,10 @@ class Generator:
         lora_kernel: bool = True,
         attention_kernel: bool = True,
     ):
-        self._model = model
         self._tokenizer = tokenizer
         self._max_input_tokens = max_input_tokens
         self._stop_at_newline = stop_at_newline
-        self._adapters: dict[str, AdapterSpec] = {}  # served: resident, or loaded again when a row names it
-        self._residency = AdapterResidency(max_resident_adapters, pinned_adapters)
+        residency = AdapterResidency(max_resident_adapters, pinned_adapters)
         if hasattr(model, "peft_config"):
             lora_backend = "peft"  # a peft model passed in (training attaches its adapter): peft serves it
         self.lora_backend = lora_backend
@@ -103,7 +101,7 @@ class Generator:
         self._stacked: StackedLora | None = None
         if lora_backend == "stacked":  # `lora_kernel`: a decode step's LoRA as one kernel a group (CUDA)
             self._stacked = StackedLora(model, kernel=lora_kernel)
-        self._attached: set[str] = set()
+        self._served = ServedAdapters(model, self._stacked, residency)
         self._lock = threading.RLock()
         self._tables: LineEnds | None = None
         self._stats = GenerationStats()
@@ -139,7 +137,7 @@ class Generator:
     @property
     def model(self):
         """The current model: the base, or a peft model wrapping it once an adapter is loaded."""
-        return self._model
+        return self._served.model
 
     @property
     def tokenizer(self):
@@ -148,7 +146,7 @@ class Generator:
     @property
     def device(self) -> str:
         """Where the model runs ("cpu", "cuda:0")."""
-        return str(self._model.device)
+        return str(self.model.device)
 
     @property
     def has_chat_template(self) -> bool:
@@ -157,7 +155,7 @@ class Generator:
     @property
     def adapter_names(self) -> list[str]:
         """Names rows may use: the loaded adapters and any attached with `attach_adapter`."""
-        return sorted(self._adapters.keys() | self._attached)
+        return self._served.names
 
     def attach_adapter(self, name: str) -> None:
         """Let rows name `name`, a LoRA adapter already on the peft model passed in (e.g. one being trained).
@@ -166,9 +164,7 @@ class Generator:
         change between calls (training evaluates its adapter through the server's own generation path).
         """
         with self._lock:
-            if name not in (getattr(self._model, "peft_config", None) or {}):
-                raise UnknownAdapterError(f"adapter {name!r} is not attached to the model passed in")
-            self._attached.add(name)
+            self._served.attach(name)
 
     @property
     def stats(self) -> GenerationStats:
@@ -178,7 +174,7 @@ class Generator:
     def resident_adapters(self) -> list[str]:
         """Adapters on the model now, least recently used first (all served ones when no capacity is set)."""
         with self._lock:
-            return self._residency.resident
+            return self._served.resident
 
     def load_adapter(self, spec: AdapterSpec) -> None:
         """Serve an adapter and make it resident now (idempotent by name), so a bad one fails here.
@@ -187,71 +183,14 @@ class Generator:
         this base) are checked here, before peft touches the shared model. With a capacity set, the least
         recently used unpinned adapters make room; they stay served and come back when a row names them.
         """
-        if spec.name not in self._adapters:
-            check_lora_weights(spec.path / ADAPTER_WEIGHTS, self._model, name=spec.name)
+        self._served.check(spec)  # outside the lock: it reads files, and generation goes on meanwhile
         with self._lock:
-            if spec.name in self._adapters:
-                if self._adapters[spec.name].path != spec.path:
-                    raise AdapterError(
-                        f"adapter {spec.name!r} is already loaded from {self._adapters[spec.name].path}"
-                    )
-                return
-            self._make_resident([spec.name], {spec.name: spec})
-            self._adapters[spec.name] = spec
+            self._served.load(spec)
 
     def unload_adapter(self, name: str) -> None:
         """Stop serving an adapter; the last one out unwraps the base model again."""
         with self._lock:
-            if name not in self._adapters:
-                raise UnknownAdapterError(f"adapter {name!r} is not loaded")
-            del self._adapters[name]
-            if name in self._residency:
-                self._evict(name)
-
-    def _make_resident(self, names: Sequence[str], specs: dict[str, AdapterSpec]) -> None:
-        """Load the named adapters that are not resident, first unloading what the capacity requires."""
-        missing = [n for n in dict.fromkeys(names) if n not in self._residency]
-        for name in self._residency.evictions_for(names):
-            logger.info("adapter %s unloaded from the model to make room (least recently used)", name)
-            self._evict(name)
-        for name in missing:
-            self._peft_load(specs[name])
-            self._residency.added(name)
-        self._residency.touch(names)
-
-    def _peft_load(self, spec: AdapterSpec) -> None:
-        if self._stacked is not None:
-            self._stacked.add(read_lora(spec.path, spec.name))
-            return
-        from peft import PeftModel
-
-        try:
-            if isinstance(self._model, PeftModel):
-                self._model.load_adapter(str(spec.path), adapter_name=spec.name, is_trainable=False)
-            else:
-                self._model = PeftModel.from_pretrained(
-                    self._model, str(spec.path), adapter_name=spec.name, is_trainable=False
-                )
-        except Exception as e:  # noqa: BLE001 - peft raises many types for a bad folder
-            if isinstance(self._model, PeftModel) and spec.name in self._model.peft_config:
-                self._model.delete_adapter(spec.name)  # never leave a half-loaded adapter in the model
-            raise AdapterError(f"adapter {spec.name!r} could not be loaded: {e}") from e
-        self._model.eval()
-
-    def _evict(self, name: str) -> None:
-        self._residency.removed(name)
-        if self._stacked is not None:
-            self._stacked.remove(name)
-            return
-        others = [n for n in self._model.peft_config if n != name]
-        if others and name in self._model.active_adapters:
-            # Rows name their adapter explicitly, so which one is "active" never matters; switching first
-            # only spares peft's warning about deleting the active adapter.
-            self._model.set_adapter(others[0])
-        self._model.delete_adapter(name)
-        if not others:
-            self._model = self._model.unload()
-        self._model.eval()
+            self._served.unload(name)
 
     def count_tokens(self, text: str) -> int:
         return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -291,7 +230,7 @@ class Generator:
             return []
         n = num_return_sequences
         with self._lock:
-            self._check_and_load(adapters)
+            self._served.prepare(adapters)
             rows, row_adapters = list(prompts), list(adapters)
             if num_beams == 1 and n > 1:
                 # peft repeats adapter names per beam only; sampled copies are made here, one row each.
@@ -321,7 +260,7 @@ class Generator:
                 kwargs["stopping_criteria"] = StoppingCriteriaList(
                     [FirstLineDone(input_ids.shape[1], self._line_ends)]
                 )
-            if hasattr(self._model, "peft_config") or self._residency.resident:  # every row names its adapter
+            if self._served.named_per_row:
                 kwargs["adapter_names"] = [a or BASE_ADAPTER for a in row_adapters]
             started = time.perf_counter()
             with torch.inference_mode():
@@ -350,7 +289,7 @@ class Generator:
         if self._loop is None:
             return WarmUp(shapes=0, captures=0, skipped=0, seconds=0.0)
         with self._lock:
-            self._check_and_load([name for adapters, _ in batches for name in adapters])
+            self._served.prepare([name for adapters, _ in batches for name in adapters])
             try:
                 done = self._loop.warm_up(batches, max_length=max_length)
             except torch.cuda.OutOfMemoryError as exc:
@@ -370,15 +309,6 @@ class Generator:
             f"; {done.skipped} left out, over the shape cache's bytes" if done.skipped else "",
         )
         return done
-
-    def _check_and_load(self, adapters: Sequence[str | None]) -> None:
-        """Refuse names not served; make the served ones named resident (the caller holds the lock)."""
-        for name in adapters:
-            if name is not None and name not in self._adapters and name not in self._attached:
-                raise UnknownAdapterError(
-                    f"unknown adapter {name!r}; loaded: {', '.join(self.adapter_names) or 'none'}"
-                )
-        self._make_resident([a for a in adapters if a is not None and a in self._adapters], self._adapters)
 
     def _generate_split(self, kwargs: dict[str, Any], *, beams: bool) -> tuple[list[str], list[float], int]:
         """Texts, scores and generated-token count of the batch in `kwargs`; on CUDA out-of-memory free the
@@ -426,9 +356,9 @@ class Generator:
             )
         if "compile_config" in call:
             call["past_key_values"] = static_cache(
-                self._model.config, call["input_ids"].shape[1] + call["max_new_tokens"]
+                self.model.config, call["input_ids"].shape[1] + call["max_new_tokens"]
             )
-        out = self._model.generate(**call)
+        out = self.model.generate(**call)
         return self._decode(out, kwargs["input_ids"].shape[1], beams=beams)
 
     def _loop_generate(self, kwargs: dict[str, Any]) -> tuple[list[str], list[float], int]:
@@ -443,7 +373,7 @@ class Generator:
             max_new_tokens=kwargs["max_new_tokens"],
             num_beams=kwargs["num_beams"],
             num_return_sequences=kwargs["num_return_sequences"],
-            min_new_tokens=self._model.generation_config.min_new_tokens or 0,
+            min_new_tokens=self.model.generation_config.min_new_tokens or 0,
             line_ends=self._tables if self._stop_at_newline else None,
         )
         texts = [self._tokenizer.decode(ids, skip_special_tokens=True) for ids in decoded.tokens]
@@ -484,7 +414,7 @@ class Generator:
             width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE  # fewer distinct shapes, fewer recompilations
         input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids in encoded], dtype=torch.long)
         mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in encoded], dtype=torch.long)
-        device = self._model.device
+        device = self.model.device
         return input_ids.to(device), mask.to(device)
 
     def _decode(self, out, prompt_len: int, *, beams: bool) -> tuple[list[str], list[float], int]:
@@ -501,7 +431,7 @@ class Generator:
         if beams:
             scores = out.sequences_scores.float().tolist()
         else:
-            steps = self._model.compute_transition_scores(out.sequences, out.logits, normalize_logits=True)
+            steps = self.model.compute_transition_scores(out.sequences, out.logits, normalize_logits=True)
             keep = (
                 torch.arange(steps.shape[1], device=steps.device)[None, :] < lengths.to(steps.device)[:, None]
             )
@@ -516,6 +446,6 @@ class Generator:
     def _line_ends(self, generated: torch.Tensor) -> torch.Tensor:
         """Per generated position: does this token close the answer's first non-empty line?"""
         if self._tables is None:
-            size = max(len(self._tokenizer), self._model.get_output_embeddings().weight.shape[0])
-            self._tables = LineEnds(self._tokenizer, size, self._model.device)
+            size = max(len(self._tokenizer), self.model.get_output_embeddings().weight.shape[0])
+            self._tables = LineEnds(self._tokenizer, size, self.model.device)
         return self._tables(generated)
