@@ -16,6 +16,7 @@
 #   bash bench/gpu_session.sh attention        the attention kernel: tests, tuning, on and off, profile
 #   bash bench/gpu_session.sh served           compiled step, /answer at concurrency 1-32, pipeline, memory
 #   bash bench/gpu_session.sh shapes           /answer at concurrency 8 and 32, default shape memory and more
+#   bash bench/gpu_session.sh tests            the CUDA tests on this call's tree (after `start`, same call)
 #   bash bench/gpu_session.sh part N           carry .gpu-partN: one part of the base GGUF into /tmp/parts
 #   bash bench/gpu_session.sh status [STEP]    what a background run printed last
 #   bash bench/gpu_session.sh collect          copy the background results to $OUT
@@ -106,6 +107,13 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
       --generator-kwargs '{"decoder": "hf"}' --generator-kwargs '{}' --generator-kwargs '{"compile_backend": "inductor"}' \
       --out "$RES/serving_speed"
     echo "compiled finished"
+    ;;
+  tests)
+    rm -rf /tmp/src/{app,engine,models,ensemble,bench,tests} && cp -r {app,engine,models,ensemble,bench,tests} /tmp/src/
+    cd /tmp/src && runs_env
+    gpu_tests
+    python3 -m pytest -q tests/models/test_attention_kernel.py tests/models/test_lora_kernel.py -k serves \
+      -p no:cacheprovider 2>&1 | tail -2
     ;;
   final)  # GPU tests, one request's phases, /answer latency: the default server (decode loop, prefill graphs)
     rm -rf /tmp/src/{app,engine,models,ensemble,bench,tests} && cp -r {app,engine,models,ensemble,bench,tests} /tmp/src/
