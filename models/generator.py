@@ -10,9 +10,10 @@ are one line; the rest would be thrown away by `ensemble.clean` anyway). A lock 
 adapter changes, because the server calls from threads. This module does not choose prompts, decoding plans or
 answers: that is `ensemble/`. On CUDA out-of-memory a batch is split in halves and retried
 (`_generate_split`). Which adapters rows may name, which are on the model, and loading them (their weights
-checked first) is `models.adapters.ServedAdapters`, called under the lock. With `decoder="loop"` greedy and beam requests run through `models.decode_loop` (our own
-loop over the model's forward: one prefill per prompt, a static cache, CUDA graphs) instead of `generate`;
-sampled requests always use `generate`; `warm_up` makes the loop's shapes (its CUDA graphs) ahead of requests.
+checked first) is `models.adapters.ServedAdapters`, called under the lock. With `decoder="loop"` greedy and
+beam requests run through `models.decode_loop` (our own loop over the model's forward: one prefill per prompt,
+a static cache, CUDA graphs) instead of `generate`; sampled requests always use `generate`; `warm_up` makes
+the loop's shapes (its CUDA graphs) ahead of requests.
 """
 
 import gc
