@@ -71,9 +71,9 @@ class ServiceSettings(BaseSettings):
     )
     lora_kernel: bool = Field(
         True,
-        description="Run a decode step's stacked LoRA of q/k/v, gate/up and o as one Triton kernel a "
-        "projection group (CUDA, up to 64 rows) instead of an A matmul, a mask multiply and a B matmul per "
-        "projection. Same arithmetic; false keeps the matmuls.",
+        description="Run a decode step's stacked LoRA as Triton kernels (CUDA, up to 64 rows): one a "
+        "projection group (q/k/v, gate/up, o), two for down's long input, instead of an A matmul, a mask "
+        "multiply and a B matmul per projection. Same arithmetic; false keeps the matmuls.",
     )
     attention_kernel: bool = Field(
         True,
