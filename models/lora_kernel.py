@@ -45,6 +45,76 @@ BLOCK_K = 128
 if triton is not None:
 
     @triton.jit
+    def _x_at(
+        x_ptr,
+        a_ptr,
+        a_rows,
+        a_valid,
+        rows,
+        in_features,
+        k_start,
+        k_stop,
+        stride_x,
+        stride_a,
+        BLOCK_M: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+        BLOCK_K: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        """`x @ A[a_rows]^T` over the inputs `k_start`..`k_stop`, in float32: [BLOCK_M, BLOCK_R]."""
+        m = tl.arange(0, BLOCK_M)
+        h = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+        for k0 in range(k_start, k_stop, BLOCK_K):
+            k = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(
+                x_ptr + m[:, None] * stride_x + k[None, :],
+                mask=(m[:, None] < rows) & (k[None, :] < in_features),
+                other=0.0,
+            )
+            a = tl.load(
+                a_ptr + a_rows[None, :] * stride_a + k[:, None],
+                mask=a_valid[None, :] & (k[:, None] < in_features),
+                other=0.0,
+            )
+            h += tl.dot(x, a, input_precision=PRECISION)
+        return h
+
+    @triton.jit
+    def _mask_and_add(
+        h,
+        mask_ptr,
+        b_ptr,
+        out_ptr,
+        col0,
+        rows,
+        rank,
+        stride_mask,
+        stride_b,
+        stride_out,
+        BLOCK_M: tl.constexpr,
+        BLOCK_R: tl.constexpr,
+        BLOCK_N: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        """`out[:, col0:col0 + BLOCK_N] += (h * mask) @ B[those columns]^T` in place; `h` is rounded to the
+        mask's dtype before the mask, the sum once."""
+        m = tl.arange(0, BLOCK_M)
+        r = tl.arange(0, BLOCK_R)
+        row_mask = tl.load(
+            mask_ptr + m[:, None] * stride_mask + r[None, :],
+            mask=(m[:, None] < rows) & (r[None, :] < rank),
+            other=0.0,
+        )
+        h = h.to(row_mask.dtype) * row_mask
+        n = col0 + tl.arange(0, BLOCK_N)
+        b = tl.load(b_ptr + n[None, :] * stride_b + r[:, None], mask=r[:, None] < rank, other=0.0)
+        delta = tl.dot(h, b, input_precision=PRECISION)
+        out_ptrs = out_ptr + m[:, None] * stride_out + n[None, :]
+        in_rows = m[:, None] < rows
+        base = tl.load(out_ptrs, mask=in_rows, other=0.0)
+        tl.store(out_ptrs, (base.to(tl.float32) + delta).to(base.dtype), mask=in_rows)
+
+    @triton.jit
     def _stacked_lora_kernel(
         x_ptr,
         a_ptr,
@@ -69,39 +139,39 @@ if triton is not None:
     ):
         col0 = tl.program_id(0) * BLOCK_N
         member = (col0 >= start1).to(tl.int32) + (col0 >= start2).to(tl.int32)
-        m = tl.arange(0, BLOCK_M)
         r = tl.arange(0, BLOCK_R)
-        a_rows = member * rank + r
-        h = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
-        for k0 in range(0, in_features, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(
-                x_ptr + m[:, None] * stride_x + k[None, :],
-                mask=(m[:, None] < rows) & (k[None, :] < in_features),
-                other=0.0,
-            )
-            a = tl.load(
-                a_ptr + a_rows[None, :] * stride_a + k[:, None],
-                mask=(r[None, :] < rank) & (k[:, None] < in_features),
-                other=0.0,
-            )
-            h += tl.dot(x, a, input_precision=PRECISION)
-        row_mask = tl.load(
-            mask_ptr + m[:, None] * stride_mask + r[None, :],
-            mask=(m[:, None] < rows) & (r[None, :] < rank),
-            other=0.0,
+        h = _x_at(
+            x_ptr,
+            a_ptr,
+            member * rank + r,
+            r < rank,
+            rows,
+            in_features,
+            0,
+            in_features,
+            stride_x,
+            stride_a,
+            BLOCK_M,
+            BLOCK_R,
+            BLOCK_K,
+            PRECISION,
         )
-        h = h.to(row_mask.dtype) * row_mask
-        n = col0 + tl.arange(0, BLOCK_N)
-        b = tl.load(b_ptr + n[None, :] * stride_b + r[:, None], mask=r[:, None] < rank, other=0.0)
-        delta = tl.dot(h, b, input_precision=PRECISION)
-        out_ptrs = out_ptr + m[:, None] * stride_out + n[None, :]
-        in_rows = m[:, None] < rows
-        base = tl.load(out_ptrs, mask=in_rows, other=0.0)
-        tl.store(out_ptrs, (base.to(tl.float32) + delta).to(base.dtype), mask=in_rows)
-
-
-if triton is not None:
+        _mask_and_add(
+            h,
+            mask_ptr,
+            b_ptr,
+            out_ptr,
+            col0,
+            rows,
+            rank,
+            stride_mask,
+            stride_b,
+            stride_out,
+            BLOCK_M,
+            BLOCK_R,
+            BLOCK_N,
+            PRECISION,
+        )
 
     @triton.jit
     def _shrink_kernel(
@@ -122,20 +192,22 @@ if triton is not None:
         split = tl.program_id(0)
         m = tl.arange(0, BLOCK_M)
         r = tl.arange(0, BLOCK_RA)
-        h = tl.zeros((BLOCK_M, BLOCK_RA), dtype=tl.float32)
-        for k0 in range(split * SPLIT_K, split * SPLIT_K + SPLIT_K, BLOCK_K):
-            k = k0 + tl.arange(0, BLOCK_K)
-            x = tl.load(
-                x_ptr + m[:, None] * stride_x + k[None, :],
-                mask=(m[:, None] < rows) & (k[None, :] < in_features),
-                other=0.0,
-            )
-            a = tl.load(
-                a_ptr + r[None, :] * stride_a + k[:, None],
-                mask=(r[None, :] < a_rows) & (k[:, None] < in_features),
-                other=0.0,
-            )
-            h += tl.dot(x, a, input_precision=PRECISION)
+        h = _x_at(
+            x_ptr,
+            a_ptr,
+            r,
+            r < a_rows,
+            rows,
+            in_features,
+            split * SPLIT_K,
+            split * SPLIT_K + SPLIT_K,
+            stride_x,
+            stride_a,
+            BLOCK_M,
+            BLOCK_RA,
+            BLOCK_K,
+            PRECISION,
+        )
         tl.store(part_ptr + split * BLOCK_M * BLOCK_RA + m[:, None] * BLOCK_RA + r[None, :], h)
 
     @triton.jit
@@ -166,19 +238,22 @@ if triton is not None:
         h = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
         for split in range(SPLITS):
             h += tl.load(part_ptr + split * BLOCK_M * BLOCK_RA + at, mask=r[None, :] < rank, other=0.0)
-        row_mask = tl.load(
-            mask_ptr + m[:, None] * stride_mask + r[None, :],
-            mask=(m[:, None] < rows) & (r[None, :] < rank),
-            other=0.0,
+        _mask_and_add(
+            h,
+            mask_ptr,
+            b_ptr,
+            out_ptr,
+            col0,
+            rows,
+            rank,
+            stride_mask,
+            stride_b,
+            stride_out,
+            BLOCK_M,
+            BLOCK_R,
+            BLOCK_N,
+            PRECISION,
         )
-        h = h.to(row_mask.dtype) * row_mask
-        n = col0 + tl.arange(0, BLOCK_N)
-        b = tl.load(b_ptr + n[None, :] * stride_b + r[:, None], mask=r[:, None] < rank, other=0.0)
-        delta = tl.dot(h, b, input_precision=PRECISION)
-        out_ptrs = out_ptr + m[:, None] * stride_out + n[None, :]
-        in_rows = m[:, None] < rows
-        base = tl.load(out_ptrs, mask=in_rows, other=0.0)
-        tl.store(out_ptrs, (base.to(tl.float32) + delta).to(base.dtype), mask=in_rows)
 
 
 def launch(
