@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.measure import graph_us, settings_us
 from bench.workload import default_out, environment, markdown_table, write_json
 
 HEADS, KV_HEADS, DIM = 14, 2, 64
@@ -27,7 +28,6 @@ SETTINGS = [  # (split_l, block_l, num_warps)
 def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
-    from triton.testing import do_bench_cudagraph
 
     from models import attention_kernel
     from models.fast_paths import grouped_sdpa
@@ -69,25 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         row = {
             "rows": rows,
             "length": length,
-            "transformers_us": round(do_bench_cudagraph(transformers_path) * 1e3, 2),
+            "transformers_us": graph_us(transformers_path),
         }
-        timings = {}
-        for split_l, block_l, warps in SETTINGS:
-            if block_l > split_l or split_l > 2 * length:
-                continue
-            try:
-                ms = do_bench_cudagraph(
-                    lambda: attention_kernel.launch(  # timed here, in this iteration
-                        *(query, key, value, cos, sin, keys, values, cursor, mask, DIM**-0.5),  # noqa: B023
-                        split_l=split_l,  # noqa: B023
-                        block_l=block_l,  # noqa: B023
-                        num_warps=warps,  # noqa: B023
-                    )
-                )
-            except Exception as exc:  # noqa: BLE001 - a setting that does not fit is skipped
-                sys.stderr.write(f"{rows} {length} {split_l}/{block_l}/{warps}: {exc}\n")
-                continue
-            timings[f"{split_l}/{block_l}/{warps}"] = round(ms * 1e3, 2)
+        inputs = (query, key, value, cos, sin, keys, values, cursor, mask, DIM**-0.5)
+        timings = settings_us(
+            lambda **setting: attention_kernel.launch(*inputs, **setting),  # noqa: B023
+            ("split_l", "block_l", "num_warps"),
+            [(s, b, w) for s, b, w in SETTINGS if b <= s <= 2 * length],
+            f"{rows} {length}",
+        )
         best = min(timings, key=timings.get)
         default = f"{attention_kernel.split_slots(rows * KV_HEADS, length)}/{attention_kernel.BLOCK_L}/4"
         row.update(default=default, default_us=timings.get(default), best=best, best_us=timings[best])

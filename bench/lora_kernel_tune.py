@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from bench.measure import graph_us, settings_us
 from bench.workload import default_out, environment, markdown_table, write_json
 
 GROUPS = {
@@ -32,7 +33,6 @@ SETTINGS = [  # (block_k, num_warps, num_stages)
 def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
-    from triton.testing import do_bench_cudagraph
 
     from models import lora_kernel
 
@@ -60,22 +60,13 @@ def main(argv: list[str] | None = None) -> int:
                 cols = out[:, start : start + size]  # noqa: B023
                 cols.addmm_(h[:, i * rank : (i + 1) * rank], b[start : start + size].t())  # noqa: B023
 
-        row = {"group": group, "rows": rows, "matmuls_us": round(do_bench_cudagraph(matmuls) * 1e3, 2)}
-        timings = {}
-        for block_k, warps, stages in SETTINGS:
-            try:
-                ms = do_bench_cudagraph(
-                    lambda: lora_kernel.launch(  # timed here, in this iteration
-                        *(x, a, mask, b, out, starts),  # noqa: B023
-                        block_k=block_k,  # noqa: B023
-                        num_warps=warps,  # noqa: B023
-                        num_stages=stages,  # noqa: B023
-                    )
-                )
-            except Exception as exc:  # noqa: BLE001 - a setting that does not fit (shared memory) is skipped
-                sys.stderr.write(f"{group} {rows} {block_k}/{warps}/{stages}: {exc}\n")
-                continue
-            timings[f"{block_k}/{warps}/{stages}"] = round(ms * 1e3, 2)
+        row = {"group": group, "rows": rows, "matmuls_us": graph_us(matmuls)}
+        timings = settings_us(
+            lambda **setting: lora_kernel.launch(x, a, mask, b, out, starts, **setting),  # noqa: B023
+            ("block_k", "num_warps", "num_stages"),
+            SETTINGS,
+            f"{group} {rows}",
+        )
         best = min(timings, key=timings.get)
         row.update(default_us=timings.get("128/4/3"), best=best, best_us=timings[best], all=timings)
         results.append(row)

@@ -1,6 +1,6 @@
 """Timing and memory probes for bench/serving_speed.py: synchronised wall clock, bytes resident, bytes one
 decode step must read, and the three workloads it times (the naive peft loop, the service pipeline, one
-greedy row).
+greedy row); and for the kernel tuners, a call's microseconds replayed from a CUDA graph, per launch setting.
 
 It loads no model and chooses no settings (serving_speed.py does both). It talks to the service's generator
 only through its public methods, so it measures whichever LoRA backend the generator uses; the naive loop
@@ -10,8 +10,9 @@ runs on its own plain peft model, the way the competition pipeline this service 
 from __future__ import annotations
 
 import statistics
+import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 from ensemble.datasets import QAExample
@@ -28,6 +29,28 @@ def sync(device: str) -> None:
 
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def graph_us(fn: Callable[[], Any]) -> float:
+    """Microseconds a call of `fn`, replayed from a CUDA graph (Triton's `do_bench_cudagraph`), rounded."""
+    from triton.testing import do_bench_cudagraph
+
+    return round(do_bench_cudagraph(fn) * 1e3, 2)
+
+
+def settings_us(
+    launch: Callable[..., Any], names: Sequence[str], settings: Iterable[tuple], label: str
+) -> dict[str, float]:
+    """`graph_us` of `launch(**dict(zip(names, setting)))` per launch setting, keyed "a/b/c"; a setting that
+    fails (too much shared memory, say) is skipped with a line on stderr naming `label`."""
+    timings = {}
+    for setting in settings:
+        key = "/".join(map(str, setting))
+        try:
+            timings[key] = graph_us(lambda: launch(**dict(zip(names, setting, strict=True))))  # noqa: B023
+        except Exception as exc:  # noqa: BLE001 - a setting this card cannot run is left out
+            sys.stderr.write(f"{label} {key}: {exc}\n")
+    return timings
 
 
 def timed(fn: Callable[[], T], device: str) -> tuple[T, float]:
