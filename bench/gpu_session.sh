@@ -34,6 +34,15 @@ gpu_tests() {  # the CUDA tests, their failures' lines and the summary
   python3 -m pytest -q -m gpu tests/models/test_gpu.py -p no:cacheprovider --tb=short 2>&1 \
     | grep -E "^E |Error|passed|failed|^tests/" | head -30
 }
+answer_and_pipeline() {  # /answer at concurrency 1, 8 and 32 (4-bit, the default server), then the pipeline
+  # against the naive loop with memory and tokens/s
+  python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --quantization 4bit --new-tokens 12 \
+    --concurrency 1,8,32 --questions 32 --requests 24 --cell-seconds 15 --warmup 4 --out "$RES/http" 2>&1 \
+    | grep -E "^\||ready in"
+  echo "http done"
+  python3 -m bench.serving_speed --random-init .gpu-meta --data "$data" --variants 4bit \
+    --generator-kwargs '{}' --out "$RES/serving_speed" 2>&1 | grep -E "^\|"
+}
 case "$step" in
   start)  # carry .gpu-site (and .gpu-meta .gpu-data when they fit the 64 MiB a call; else `meta` next)
     mkdir -p /tmp/site && tar -C /tmp/site -xJf .gpu-site/site.tar.xz && touch /tmp/site/.unpacked
@@ -166,17 +175,13 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
     runs_env
     python3 -m bench.compile_probe --random-init .gpu-meta --data "$data" --variants 4bit \
       --modes loop-compiled --batches 1x1,6x3 --tokens 32 --repeats 3 --out "$RES/probe-compiled" 2>&1 | grep -E "^\|"
-    python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --quantization 4bit --new-tokens 12 \
-      --concurrency 1,8,32 --questions 32 --requests 24 --cell-seconds 15 --warmup 4 --out "$RES/http" 2>&1 \
-      | grep -E "^\||ready in"
-    python3 -m bench.serving_speed --random-init .gpu-meta --data "$data" --variants 4bit --generator-kwargs '{}' \
-      --out "$RES/serving_speed" 2>&1 | grep -E "^\|"
+    answer_and_pipeline
     echo "served finished"
     ;;
   shapes-runs)  # do the decode loop's shapes thrash under load? (its log names each new shape and evictions)
     runs_env
     for mb in default 40000; do
-      env_mb=(); [ "$mb" != default ] && env_mb=(--server-env QA_DECODE_CACHE_MB=$mb)
+      env_mb=(); [ "$mb" != default ] && env_mb=(--server-env "QA_DECODE_CACHE_MB=$mb")
       mkdir -p "$RES/shapes-$mb"
       python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --quantization 4bit --new-tokens 12 \
         --kinds ensemble --concurrency 8,32 --questions 48 --requests 48 --cell-seconds 15 --warmup 4 \
@@ -197,12 +202,7 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
       --modes loop-graphs --batches 1x1,6x3 --tokens 32 --repeats 3 --out "$RES/probe" 2>&1 | grep -E "^\|"
     python3 -m bench.request_phases --random-init .gpu-meta --data "$data" --kind ensemble \
       --out "$RES/phases-ensemble" 2>&1 | grep -E "^\|"
-    python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --quantization 4bit --new-tokens 12 \
-      --concurrency 1,8,32 --questions 32 --requests 24 --cell-seconds 15 --warmup 4 --out "$RES/http" 2>&1 \
-      | grep -E "^\||ready in"
-    echo "http done"
-    python3 -m bench.serving_speed --random-init .gpu-meta --data "$data" --variants 4bit \
-      --generator-kwargs '{}' --out "$RES/serving_speed" 2>&1 | grep -E "^\|"
+    answer_and_pipeline
     echo "profiled finished"
     ;;
   fused-runs)
@@ -219,12 +219,7 @@ r(Path('.gpu-meta'), Path('/tmp/randbase'), device='cuda')" && echo "random base
       python3 -m bench.request_phases --random-init .gpu-meta --data "$data" --kind $kind \
         --out "$RES/phases-$kind" 2>&1 | grep -E "^\|"
     done
-    python3 -m bench.http_latency --random-init .gpu-meta --data "$data" --quantization 4bit --new-tokens 12 \
-      --concurrency 1,8,32 --questions 32 --requests 24 --cell-seconds 15 --warmup 4 --out "$RES/http" 2>&1 \
-      | grep -E "^\||ready in"
-    echo "http done"
-    python3 -m bench.serving_speed --random-init .gpu-meta --data "$data" --variants 4bit \
-      --generator-kwargs '{}' --out "$RES/serving_speed" 2>&1 | grep -E "^\|"
+    answer_and_pipeline
     echo "fused finished"
     ;;
   latency-runs)
