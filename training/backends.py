@@ -8,6 +8,11 @@ Two backends, one interface (`TrainingBase`):
   quantized base) is paid once.
 - `unsloth` (CUDA only): `FastLanguageModel.from_pretrained` + `get_peft_model` with unsloth's gradient
   checkpointing. Unsloth exposes one adapter ("default") per model, so the base is reloaded per member.
+  Unsloth's forward cuts every input to its `max_seq_length`, in training and in eval mode alike (and a
+  padded batch cut that way then fails in its attention-mask code). So its `max_seq_length` is the longest
+  sequence the model will see: the training limit, or the longest validation prompt plus the validation
+  answer budget when that is longer (`longest_input`); the training examples are still cut to
+  `train.max_seq_len` by the length policy, so training memory does not change.
   `import unsloth` happens in `prepare()` before anything imports transformers, because it patches them.
 Neither backend knows about data, loops or files; `runner` drives them.
 """
@@ -103,10 +108,14 @@ class TrainingBase:
 
     backend: str = ""
 
-    def __init__(self, resolved: ResolvedModel, config: TrainConfig, device: str) -> None:
+    def __init__(
+        self, resolved: ResolvedModel, config: TrainConfig, device: str, *, longest_input: int = 0
+    ) -> None:
         self.resolved = resolved
         self.config = config
         self.device = device
+        self.max_seq_length = max(config.max_seq_len, longest_input)
+        """The longest sequence this base will be given: training examples and validation prompts."""
         self.quantization = resolved_quantization(config, device)
         self.bf16 = use_bf16(config, device)
         self.tokenizer: Any = None
@@ -140,8 +149,10 @@ class PeftBase(TrainingBase):
 
     backend = "peft"
 
-    def __init__(self, resolved: ResolvedModel, config: TrainConfig, device: str) -> None:
-        super().__init__(resolved, config, device)
+    def __init__(
+        self, resolved: ResolvedModel, config: TrainConfig, device: str, *, longest_input: int = 0
+    ) -> None:
+        super().__init__(resolved, config, device, longest_input=longest_input)
         from models.loading import LoadConfig, load_base
 
         dtype = "bfloat16" if self.bf16 else "float32"
@@ -199,8 +210,10 @@ class UnslothBase(TrainingBase):
 
     backend = "unsloth"
 
-    def __init__(self, resolved: ResolvedModel, config: TrainConfig, device: str) -> None:
-        super().__init__(resolved, config, device)
+    def __init__(
+        self, resolved: ResolvedModel, config: TrainConfig, device: str, *, longest_input: int = 0
+    ) -> None:
+        super().__init__(resolved, config, device, longest_input=longest_input)
         from models.loading import load_tokenizer
 
         # The serving tokenizer, not unsloth's copy: prompts are tokenized exactly as the server does.
@@ -226,7 +239,7 @@ class UnslothBase(TrainingBase):
 
         model, _ = FastLanguageModel.from_pretrained(
             model_name=str(self.resolved.path),
-            max_seq_length=self.config.max_seq_len,
+            max_seq_length=self.max_seq_length,
             dtype=None,
             load_in_4bit=self.quantization == "4bit",
             local_files_only=True,
@@ -266,9 +279,10 @@ class UnslothBase(TrainingBase):
 
 
 def load_training_base(
-    backend: str, resolved: ResolvedModel, config: TrainConfig, device: str
+    backend: str, resolved: ResolvedModel, config: TrainConfig, device: str, *, longest_input: int = 0
 ) -> TrainingBase:
+    """`longest_input`: the longest sequence validation will feed the model (prompt + answer budget)."""
     logger.info("loading %s for training with %s on %s", resolved.key, backend, device)
     if backend == "unsloth":
-        return UnslothBase(resolved, config, device)
-    return PeftBase(resolved, config, device)
+        return UnslothBase(resolved, config, device, longest_input=longest_input)
+    return PeftBase(resolved, config, device, longest_input=longest_input)

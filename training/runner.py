@@ -31,6 +31,8 @@ from training.validation import Validator
 logger = logging.getLogger(__name__)
 REPORT_DIR = ".training"
 TRAIN_LOG = "train_log.jsonl"
+HOLDOUT_IDS = "holdout_ids.json"
+"""The held-out question ids of the run (`qa-eval run --ids` reads them): never trained on, never eval."""
 MAX_NONFINITE_IN_MANIFEST = 20
 """Skipped steps described in the manifest (every one is in the member's train log)."""
 
@@ -60,6 +62,18 @@ def write_lengths(run: RunConfig) -> tuple[str, list[Path]]:
         stats, raw, config.output_path() / REPORT_DIR, title=f"{resolved.key}, {config.split}"
     )
     return table(stats), paths
+
+
+def longest_validation_input(
+    data: TrainingData, encoder: PromptEncoder, styles: list[str], answer_budget: int
+) -> int:
+    """Tokens of the longest validation prompt (over the members' prompt styles) plus the answer budget:
+    the longest sequence validation gives the model (0 without validation)."""
+    longest = max(
+        (len(encoder.prompt_ids(s, ex.context, ex.question)) for ex in data.validation for s in styles),
+        default=0,
+    )
+    return longest + answer_budget if longest else 0
 
 
 def run_training(run: RunConfig, *, device: str, backend: str) -> list[MemberOutcome]:
@@ -94,12 +108,16 @@ def run_training(run: RunConfig, *, device: str, backend: str) -> list[MemberOut
         )
         for s in styles
     }
+    (reports / HOLDOUT_IDS).write_text(
+        json.dumps({"held_out_ids": list(data.held_out_ids)}, indent=1) + "\n", encoding="utf-8"
+    )
     (reports / "length_policy.json").write_text(
         json.dumps({s: r.as_dict() for s, (_, r) in encoded.items()}, indent=2, ensure_ascii=False) + "\n",
         encoding="utf-8",
     )
 
-    base = load_training_base(backend, resolved, config, device)
+    longest = longest_validation_input(data, encoder, styles, config.val_max_new_tokens)
+    base = load_training_base(backend, resolved, config, device, longest_input=longest)
     outcomes = []
     for member in run.members:
         examples, length_report = encoded[member.prompt_style]
@@ -155,6 +173,7 @@ def run_training(run: RunConfig, *, device: str, backend: str) -> list[MemberOut
             quantization=base.quantization,
             bf16=base.bf16,
             attention=base.attention(),
+            max_seq_length=base.max_seq_length,
             seconds=time.perf_counter() - started,
         )
         manifest = AdapterManifest(
@@ -219,6 +238,7 @@ def training_facts(
     quantization: str,
     bf16: bool,
     attention: dict[str, Any],
+    max_seq_length: int,
     seconds: float,
 ) -> dict[str, Any]:
     """The manifest's `training` object: everything needed to know how this adapter was made."""
@@ -251,6 +271,7 @@ def training_facts(
         "quantization": quantization,
         "precision": "bf16" if bf16 else "fp32",
         "attention": attention,
+        "max_seq_length": max_seq_length,
         "tokens_per_second": round(result.tokens_per_second, 1),
         "skipped_steps": result.skipped_steps,
         "nonfinite_steps": [asdict(n) for n in result.nonfinite[:MAX_NONFINITE_IN_MANIFEST]],
