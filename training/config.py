@@ -92,6 +92,8 @@ class MemberConfig:
     """Shuffle the training data each epoch; false keeps file order (still minus the holdout)."""
     weight: float = 1.0
     """The adapter's default vote weight, written to its manifest."""
+    neftune_noise_alpha: float | None = None
+    """NEFTune noise for this member only; None uses `train.neftune_noise_alpha`."""
 
     def __post_init__(self) -> None:
         key = f"members.{self.name}"
@@ -117,6 +119,8 @@ class MemberConfig:
         if not isinstance(self.shuffle, bool):
             raise _fail(f"{key}.shuffle", f"must be true or false; got {self.shuffle!r}")
         _number(f"{key}.weight", self.weight, low=0, low_open=True)
+        if self.neftune_noise_alpha is not None:
+            _number(f"{key}.neftune_noise_alpha", self.neftune_noise_alpha, low=0, low_open=True)
 
     @property
     def order_seed(self) -> int:

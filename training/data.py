@@ -71,6 +71,9 @@ class TrainingData:
     holdout_ids_sha256: str
     """Digest of every held-out question id (validated on or not): none of them is trained on."""
     validation_ids_sha256: str
+    held_out_ids: tuple[str, ...] = ()
+    """Every held-out question id, in file order: what `qa-eval run --ids` can score a member on (data the
+    member never saw and the eval split is not part of)."""
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -155,6 +158,7 @@ def split_holdout(
         held_out_questions=len(held_out),
         holdout_ids_sha256=ids_sha256(ex.id for ex in held_out),
         validation_ids_sha256=ids_sha256(ex.id for ex in validation),
+        held_out_ids=tuple(ex.id for ex in held_out),
     )
 
 

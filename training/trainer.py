@@ -296,7 +296,8 @@ def train_member(
     if config.eval_at_start:
         validate(0)
     attention = attention_kernels(cudnn=config.cudnn_sdpa, device=device)
-    with NEFTune(model, config.neftune_noise_alpha), attention as backends:
+    noise = config.neftune_noise_alpha if member.neftune_noise_alpha is None else member.neftune_noise_alpha
+    with NEFTune(model, noise), attention as backends:
         for step in range(1, schedule.total_steps + 1):
             started = time.perf_counter()
             micro = [

@@ -118,3 +118,29 @@ def test_a_yaml_recipe_reads_like_the_toml_one(tmp_path: Path):
     from_yaml, from_toml = load_recipe(yaml_recipe), load_recipe(toml_recipe)
     assert from_yaml.to_dict() == from_toml.to_dict()
     assert from_toml.train.data == ("x.json",) and from_toml.members[0].target_modules == ("q_proj", "v_proj")
+
+
+
+def test_the_1_5b_recipe_has_three_members_that_differ_and_fit_the_size_budget():
+    run = load_recipe(RECIPES / "korquad-qwen1.5b.toml")
+    assert run.train.base == "qwen2.5-coder-1.5b"
+    assert run.train.output_dir == "adapters/qwen2.5-coder-1.5b"
+    assert run.train.split == "train" and run.train.holdout_fraction > 0
+    members = run.members
+    assert len(members) == 3 and len({m.seed for m in members}) == 3
+    assert {m.prompt_style for m in members} == {"zero-shot", "principled"}
+    assert [m.neftune_noise_alpha for m in members].count(None) == 2  # NEFTune on one
+    # r=4 on the 7 projections of Qwen2.5-1.5B (28 layers, hidden 1536, kv 256, MLP 8960), bf16 bytes
+    shapes = [(1536, 1536), (1536, 256), (1536, 256), (1536, 1536), (1536, 8960), (1536, 8960), (8960, 1536)]
+    per_layer = sum(4 * (i + o) for i, o in shapes)
+    assert all(m.r == 4 and m.target_modules == LORA_TARGETS for m in members)
+    assert len(members) * per_layer * 28 * 2 <= 32e6
+
+
+def test_a_member_may_have_its_own_neftune_noise():
+    assert MemberConfig(name="m", neftune_noise_alpha=5.0).neftune_noise_alpha == 5.0
+    assert MemberConfig(name="m").neftune_noise_alpha is None
+    with pytest.raises(ConfigError, match="^members.m.neftune_noise_alpha: must be > 0"):
+        MemberConfig(name="m", neftune_noise_alpha=-1.0)
+    run = load_recipe(RECIPES / "korquad-qwen1.5b.toml", ["members.q15-zs-s1.neftune_noise_alpha=2"])
+    assert run.members[0].neftune_noise_alpha == 2

@@ -17,7 +17,7 @@ from models.registry import ADAPTER_WEIGHTS, AdapterRegistry, read_manifest
 from models.tiny import build_tiny_model
 from training.data import file_sha256
 from training.export import REQUIRED_TRAINING_KEYS
-from training.runner import REPORT_DIR, TRAIN_LOG
+from training.runner import HOLDOUT_IDS, REPORT_DIR, TRAIN_LOG
 
 
 def test_every_member_is_an_adapter_folder_and_reports_are_hidden(trained_dir: Path, members):
@@ -27,6 +27,9 @@ def test_every_member_is_an_adapter_folder_and_reports_are_hidden(trained_dir: P
     reports = trained_dir / REPORT_DIR
     for report in ("lengths.md", "lengths.json", "lengths.png", "length_policy.json", "run.json"):
         assert (reports / report).is_file(), report
+    # The held-out questions (one of the fixture's two articles): never trained on, what qa-eval --ids reads.
+    held_out = json.loads((reports / HOLDOUT_IDS).read_text("utf-8"))["held_out_ids"]
+    assert held_out and set(held_out) < {"news-001", "news-002", "news-003", "news-004"}
 
 
 def test_members_differ(trained_dir: Path, members):
