@@ -1,15 +1,17 @@
 """`qa-eval`: score a prediction file, or run the pipeline offline over a data file and write a report.
 
     qa-eval score --data FILE --predictions FILE [--metric korquad|squad] [--split train|eval|all]
-    qa-eval run --data FILE [--split train|eval|all] [--limit N] [--sample-seed S] [--out DIR]
+    qa-eval run --data FILE [--split train|eval|all] [--ids FILE] [--limit N] [--sample-seed S] [--out DIR]
                 [--model SPEC] [--adapters-dir DIR] [--cache-dir DIR] [--device D] [--quantization Q]
-                [--dtype T] [--max-input-tokens N] [--prompts a,b,c] [--num-beams N] [--max-new-tokens N]
-                [--chunk-size N] [--metric korquad|squad] [--no-strategies] [--no-progress]
+                [--dtype T] [--max-input-tokens N] [--prompts a,b,c] [--num-beams N] [--members N]
+                [--max-new-tokens N] [--chunk-size N] [--metric korquad|squad] [--no-strategies]
+                [--no-progress]
 
 `--split` keeps only the questions whose article falls in the project's fixed md5-by-title split
 (KorQuAD/SQuAD JSON only); `all` (the default) keeps every question of any supported file. `--limit N` then
 draws a fixed random sample of N questions with `random.Random(--sample-seed)` (default seed 0) and puts it
-back into file order, so the same file, split, limit and seed always select the same questions.
+back into file order, so the same file, split, limit and seed always select the same questions. `--ids FILE`
+first keeps only the questions it names (e.g. `qa-train`'s held-out ids, to measure on data no member saw).
 This module only parses arguments and prints; the work is in `evaluation.run` and `ensemble`.
 """
 
@@ -25,16 +27,15 @@ from pathlib import Path
 
 from ensemble.datasets import DataFormatError, read_predictions
 from ensemble.metric import ScoringError, score_predictions
-from ensemble.plan import Decoding
-from ensemble.prompts import DEFAULT_PROMPTS, PROMPT_STYLES
-from evaluation.selection import load_split, select
+from ensemble.plan import DEVICE_DEFAULTS, Decoding, plan_defaults
+from ensemble.prompts import PROMPT_STYLES
+from evaluation.selection import load_split, read_ids, select
+from models.sources import DEFAULT_MODEL
 
 SELECTION_HELP = __doc__[__doc__.index("`--split`") : __doc__.index("This module")]
-# EngineConfig's default (a test keeps them equal): `engine` is imported by `run` only, since it loads torch.
-DEFAULT_MODEL = "qwen2.5-coder-0.5b"
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "qa-ensemble"
-# The service's defaults (app/settings.py), so a report describes what users get unless flags say otherwise.
-DEFAULT_NUM_BEAMS = 3
+# The service's default budget (app/settings.py); prompts and beams default by device as the service's do
+# (ensemble.plan.DEVICE_DEFAULTS), so a report describes what users get unless flags say otherwise.
 DEFAULT_MAX_NEW_TOKENS = 24
 
 
@@ -74,13 +75,19 @@ def _run(args: argparse.Namespace) -> int:
     from engine import EngineConfig
     from evaluation.run import RunConfig, execute
 
-    selection = select(args.data, args.split, args.limit, args.sample_seed)
+    ids = read_ids(args.ids) if args.ids else None
+    selection = select(args.data, args.split, args.limit, args.sample_seed, ids)
     if not selection.examples:
         raise DataFormatError(f"no questions in {args.data} (split {args.split})")
-    beam = args.num_beams > 1
+    from models.loading import LoadConfig
+
+    device = plan_defaults(LoadConfig(device=args.device).resolved_device())
+    prompts = args.prompts or device.prompts
+    num_beams = args.num_beams or (device.num_beams if device.strategy == "beam" else 1)
+    beam = num_beams > 1
     decoding = Decoding(
         strategy="beam" if beam else "greedy",
-        num_beams=args.num_beams if beam else 1,
+        num_beams=num_beams if beam else 1,
         max_new_tokens=args.max_new_tokens,
     )
     engine = EngineConfig(
@@ -92,7 +99,8 @@ def _run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         decoder=args.decoder,
         max_input_tokens=args.max_input_tokens,
-        default_prompts=args.prompts,
+        default_prompts=prompts,
+        default_members=args.members or device.members,
         default_decoding=decoding,
     )
     out = args.out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -149,6 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--limit", type=_positive, metavar="N", help="answer a fixed random sample of N questions"
     )
     run.add_argument(
+        "--ids",
+        type=Path,
+        metavar="FILE",
+        help="answer only these question ids (JSON list, qa-train's .training/holdout_ids.json, or lines)",
+    )
+    run.add_argument(
         "--sample-seed", type=int, metavar="S", default=0, help="seed of the --limit sample (default: 0)"
     )
     run.add_argument("--out", type=Path, metavar="DIR", help="report folder (default: reports/<timestamp>)")
@@ -192,14 +206,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--prompts",
         type=_prompts,
-        default=DEFAULT_PROMPTS,
-        help=f"comma-separated prompt styles (default: {','.join(DEFAULT_PROMPTS)})",
+        default=None,
+        help="comma-separated prompt styles (default: the service's for the device: "
+        + "; ".join(f"{d}: {','.join(p.prompts)}" for d, p in DEVICE_DEFAULTS.items())
+        + ")",
     )
     run.add_argument(
         "--num-beams",
         type=_positive,
-        default=DEFAULT_NUM_BEAMS,
-        help=f"beams and outputs per prompt; 1 = greedy (default: {DEFAULT_NUM_BEAMS})",
+        default=None,
+        help="beams and outputs per prompt; 1 = greedy (default: the service's for the device: "
+        + "; ".join(f"{d}: {p.num_beams}" for d, p in DEVICE_DEFAULTS.items())
+        + ")",
+    )
+    run.add_argument(
+        "--members",
+        type=_positive,
+        metavar="N",
+        help="at most N adapters in the ensemble, the best by held-out validation F1 (default: the "
+        "service's for the device: "
+        + "; ".join(f"{d}: {p.members or 'all'}" for d, p in DEVICE_DEFAULTS.items())
+        + ")",
     )
     run.add_argument(
         "--max-new-tokens",

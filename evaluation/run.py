@@ -1,7 +1,9 @@
 """`qa-eval run`: build the engine once, answer the chosen questions with `run_batch`, write a report folder.
 
 The folder holds report.md, report.json, predictions.csv (`id,answer`, a submission file), predictions.json
-(`{id: answer}`, the ensemble's answers) and the two plots. The pipeline is the service's own (built by
+(`{id: answer}`, the ensemble's answers), candidates.jsonl (per question its gold answers, the answer and
+every candidate with its provenance: what a vote rule can be studied or fitted on offline) and the two
+plots. The pipeline is the service's own (built by
 `engine.build_engine`), so the numbers describe what users get. Scoring, voting and batching live in
 `ensemble`; this module only wires them together and records the run.
 """
@@ -132,7 +134,41 @@ def execute(config: RunConfig, selection: Selection) -> dict[str, Any]:
     )
     report = build_report(facts, result, lengths)
     _write(config.out_dir, report, result, lengths)
+    write_candidates(config.out_dir / CANDIDATES, examples, result)
     return report
+
+
+CANDIDATES = "candidates.jsonl"
+
+
+def write_candidates(path: Path, examples: Sequence[QAExample], result: BatchResult) -> None:
+    """One JSON line per question, in input order: id, gold answers, the ensemble's answer and confidence,
+    the row's error, and every candidate of the main pass (text, raw output, adapter, prompt, beam rank,
+    log-probability, grounded, member weight)."""
+    with path.open("w", encoding="utf-8") as fh:
+        for ex, row in zip(examples, result.rows, strict=True):
+            candidates = [] if row.vote is None else [v.candidate for v in row.vote.candidates]
+            line = {
+                "id": row.id,
+                "answers": list(ex.answers),
+                "answer": row.answer,
+                "confidence": row.confidence,
+                "error": row.error,
+                "candidates": [
+                    {
+                        "text": c.text,
+                        "raw": c.raw,
+                        "adapter": c.adapter,
+                        "prompt": c.prompt,
+                        "beam_rank": c.beam_rank,
+                        "score": c.score,
+                        "grounded": c.grounded,
+                        "weight": c.weight,
+                    }
+                    for c in candidates
+                ],
+            }
+            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
 
 
 def _write(out: Path, report: dict[str, Any], result: BatchResult, lengths: Sequence[int]) -> None:

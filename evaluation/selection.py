@@ -7,6 +7,7 @@ limit and seed always select the same questions, in the same order, on any machi
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,8 +51,28 @@ def sample_examples(examples: Sequence[QAExample], limit: int, seed: int) -> lis
     return [examples[i] for i in chosen]
 
 
-def select(path: Path, split: Split, limit: int | None = None, seed: int = 0) -> Selection:
+def read_ids(path: Path) -> set[str]:
+    """Question ids from a JSON file: a list of ids, or an object whose only list value is one
+    (`qa-train`'s `.training/holdout_ids.json`); a text file holds one id a line."""
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict):
+            lists = [v for v in data.values() if isinstance(v, list)]
+            data = lists[0] if len(lists) == 1 else None
+        if not isinstance(data, list) or not all(isinstance(i, str) for i in data):
+            raise ValueError(f"--ids: {path.name} must hold a list of question ids")
+        return set(data)
+    return {line.strip() for line in text.splitlines() if line.strip()}
+
+
+def select(
+    path: Path, split: Split, limit: int | None = None, seed: int = 0, ids: set[str] | None = None
+) -> Selection:
+    """The split's questions (only those in `ids` when given), then the fixed sample of `limit`."""
     examples = load_split(path, split)
+    if ids is not None:
+        examples = [ex for ex in examples if ex.id in ids]
     if limit is None or limit >= len(examples):
         return Selection(examples, split, len(examples), limit, None)
     return Selection(sample_examples(examples, limit, seed), split, len(examples), limit, seed)

@@ -18,6 +18,8 @@ IDS = ["news-001", "news-002", "news-003", "news-004"]
 def run_cli(out: Path, model: Path, adapters: Path, cache: Path, *extra: str) -> Path:
     argv = ["run", "--data", str(FIXTURE), "--model", str(model), "--adapters-dir", str(adapters)]
     argv += ["--cache-dir", str(cache), "--device", "cpu", "--max-new-tokens", "3", "--out", str(out)]
+    # The GPU's default plan on the 3 adapters (the CPU's is one member, greedy, one prompt).
+    argv += ["--prompts", "zero-shot,principled", "--num-beams", "3", "--members", "3"]
     assert main([*argv, "--no-progress", *extra]) == 0
     return out
 
@@ -130,3 +132,32 @@ def test_the_default_model_is_the_engine_default() -> None:
     from engine import EngineConfig
 
     assert DEFAULT_MODEL == EngineConfig().model
+
+
+def test_candidates_jsonl_holds_every_candidate_with_its_provenance(
+    report_dir: Path, report: dict[str, Any]
+) -> None:
+    lines = [json.loads(x) for x in (report_dir / "candidates.jsonl").read_text("utf-8").splitlines()]
+    assert [line["id"] for line in lines] == IDS
+    answers = json.loads((report_dir / "predictions.json").read_text("utf-8"))
+    gold = json.loads(FIXTURE.read_text("utf-8"))
+    first = gold["data"][0]["paragraphs"][0]["qas"][0]
+    assert lines[0]["answers"] == [a["text"] for a in first["answers"]]
+    for line in lines:
+        assert line["answer"] == answers[line["id"]] and line["error"] is None
+        # 3 adapters x 2 prompts x 3 beams (the defaults), each with where it came from
+        assert len(line["candidates"]) == 18
+        assert {c["adapter"] for c in line["candidates"]} == {"alpha", "beta", "gamma"}
+        assert {c["beam_rank"] for c in line["candidates"]} == {0, 1, 2}
+        for c in line["candidates"]:
+            assert isinstance(c["score"], float) and isinstance(c["grounded"], bool)
+
+
+def test_ids_keep_only_the_questions_named(
+    tmp_path: Path, tiny_model_dir: Path, tiny_adapters_dir: Path
+) -> None:
+    ids = tmp_path / "holdout_ids.json"
+    ids.write_text(json.dumps({"held_out_ids": ["news-003", "news-001", "not-in-the-file"]}), "utf-8")
+    extra = ("--ids", str(ids), "--num-beams", "1")
+    out = run_cli(tmp_path / "r", tiny_model_dir, tiny_adapters_dir, tmp_path / "c", *extra)
+    assert list(json.loads((out / "predictions.json").read_text("utf-8"))) == ["news-001", "news-003"]
