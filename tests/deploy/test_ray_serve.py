@@ -19,7 +19,7 @@ import csv
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -121,11 +121,6 @@ def ray_app(settings: dict) -> Iterator[httpx.Client]:
             ray.shutdown()
 
 
-def comparable(body: dict) -> dict:
-    """A response body without what differs from run to run (times)."""
-    return {k: v for k, v in body.items() if k not in ("elapsed_ms", "seconds")}
-
-
 CONTEXT = "서울시는 27일 한강공원 12곳에 공공 자전거 대여소 120개를 새로 설치한다고 밝혔다."
 QUESTION = "서울시가 새로 설치하는 대여소는 몇 개인가?"
 REQUESTS: list[dict[str, Any]] = [
@@ -145,7 +140,7 @@ REQUESTS: list[dict[str, Any]] = [
 
 
 def test_two_replicas_answer_as_the_single_process_service(
-    ray_app: httpx.Client, reference: TestClient
+    comparable: Callable[[Any], Any], ray_app: httpx.Client, reference: TestClient
 ) -> None:
     with deadline(120, "answering"):
         assert ray_app.get("/readyz").json()["status"] == "ready"
@@ -217,7 +212,7 @@ def wait_done(client: httpx.Client | TestClient, job_id: str) -> dict:
 
 
 def test_batches_inline_and_as_a_job_spread_over_replicas(
-    ray_app: httpx.Client, reference: TestClient
+    comparable: Callable[[Any], Any], ray_app: httpx.Client, reference: TestClient
 ) -> None:
     with deadline(150, "batches"):
         small = {"rows": rows(3), "adapters": ["alpha", "beta"]}
