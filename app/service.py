@@ -7,6 +7,7 @@ on settings. It knows nothing about HTTP status codes: errors are typed and mapp
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -21,9 +22,10 @@ from engine.batcher import BatchRecord, MicroBatcher
 from ensemble.batch import BatchOptions, BatchResult, run_batch
 from ensemble.datasets import QAExample
 from ensemble.pipeline import QARequest
-from ensemble.plan import Decoding, Member
+from ensemble.plan import DEFAULT_NUM_BEAMS, Decoding, Member, PlanDefaults, plan_defaults
 from ensemble.prompts import get_prompt_style
 from ensemble.vote import Vote
+from models.loading import LoadConfig
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +113,7 @@ class QAService:
             quantization=s.quantization,
             dtype=s.dtype,
             max_input_tokens=s.max_input_tokens,
-            default_prompts=tuple(s.default_prompts),
+            default_prompts=self.default_prompts(),
             default_decoding=self._defaults(),
             lora_backend=s.lora_backend,
             compile=s.compile,
@@ -122,6 +124,7 @@ class QAService:
             warmup=s.warmup,
             max_resident_adapters=s.max_resident_adapters,
             pinned_adapters=tuple(s.pinned_adapters),
+            default_members=s.default_members or self._device_defaults.members,
         )
 
     def load(self) -> None:
@@ -167,10 +170,26 @@ class QAService:
     def adapter_names(self) -> list[str]:
         return self._engine.adapter_names if self._engine else []
 
+    @functools.cached_property
+    def _device_defaults(self) -> PlanDefaults:
+        """The default plan of the device the model will run on (`ensemble.plan.DEVICE_DEFAULTS`)."""
+        return plan_defaults(LoadConfig(device=self.settings.device).resolved_device())
+
+    def default_prompts(self) -> tuple[str, ...]:
+        """The prompts of a request that names none: the setting, else the device's default."""
+        prompts = self.settings.default_prompts
+        return tuple(prompts) if prompts else self._device_defaults.prompts
+
     def _defaults(self) -> Decoding:
-        s = self.settings
-        beams = s.default_num_beams if s.default_strategy == "beam" else 1
-        return Decoding(strategy=s.default_strategy, num_beams=beams, max_new_tokens=s.default_max_new_tokens)
+        """The decoding of a request that names none: the settings, each unset one by the device."""
+        s, device = self.settings, self._device_defaults
+        strategy = s.default_strategy or device.strategy
+        beams = s.default_num_beams or (device.num_beams if device.strategy == "beam" else DEFAULT_NUM_BEAMS)
+        return Decoding(
+            strategy=strategy,
+            num_beams=beams if strategy == "beam" else 1,
+            max_new_tokens=s.default_max_new_tokens,
+        )
 
     # -- answering -----------------------------------------------------------------------------------------
     def _members(self, names: list[str] | None) -> list[Member] | None:
@@ -199,7 +218,9 @@ class QAService:
         if req.max_new_tokens is not None and req.max_new_tokens > s.max_new_tokens_limit:
             raise RequestLimitError("decoding.max_new_tokens", f"at most {s.max_new_tokens_limit}")
         if strategy == "beam":
-            num_beams = req.num_beams or (base.num_beams if base.strategy == "beam" else s.default_num_beams)
+            num_beams = req.num_beams or (
+                base.num_beams if base.strategy == "beam" else s.default_num_beams or DEFAULT_NUM_BEAMS
+            )
         else:
             num_beams = 1
         return Decoding(
@@ -231,7 +252,7 @@ class QAService:
             raise RequestLimitError(
                 "adapters", f"{n_adapters} adapters at once; this server keeps at most {capacity} resident"
             )
-        n_prompts = len(names) if names is not None else len(s.default_prompts)
+        n_prompts = len(names) if names is not None else len(self.default_prompts())
         n_candidates = n_members * n_prompts * resolved.n_outputs
         if n_candidates > s.max_candidates_limit:
             raise RequestLimitError(

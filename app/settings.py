@@ -13,9 +13,11 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.sources import DEFAULT_MODEL
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-EMBEDDED_ADAPTERS_BASE = "qwen2.5-coder-0.5b"
-"""The base model the repository's `adapters/` were trained on."""
+EMBEDDED_ADAPTERS = REPO_ROOT / "adapters"
+"""The repository's adapters, one folder per base model key (`adapters/<key>/<member>/`)."""
 
 
 def default_cache_dir() -> Path:
@@ -28,13 +30,14 @@ class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="QA_", extra="ignore", frozen=True)
 
     model: str = Field(
-        "qwen2.5-coder-0.5b",
+        DEFAULT_MODEL,
         description="Base model: a PyPI-shipped model key, 'tiny-random', a local folder or a hub id.",
     )
     adapters_dir: Path | None = Field(
         None,
         description="Folder of LoRA adapters (one sub-folder each, with qa_adapter.json). "
-        "Unset: the repository's adapters/ folder when it exists, else the base model alone.",
+        "Unset: the repository's adapters/<model>/ when the model is a key it has adapters for, else the "
+        "base model alone.",
     )
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Where fetched models are cached.")
     host: str = Field("127.0.0.1", description="Address qa-serve binds to.")
@@ -47,8 +50,10 @@ class ServiceSettings(BaseSettings):
         "auto", description="auto: bfloat16 on CUDA, float32 on CPU."
     )
     # NoDecode: pydantic-settings would parse the variable as JSON first and refuse "zero-shot,principled".
-    default_prompts: Annotated[tuple[str, ...], NoDecode] = Field(
-        ("zero-shot", "principled"), description="Prompt variants used when a request names none."
+    default_prompts: Annotated[tuple[str, ...] | None, NoDecode] = Field(
+        None,
+        description="Prompt variants used when a request names none. Unset: by device "
+        "(ensemble.plan.DEVICE_DEFAULTS: zero-shot,principled on CUDA, zero-shot on the CPU).",
     )
     lora_backend: Literal["stacked", "peft"] = Field(
         "stacked",
@@ -109,8 +114,18 @@ class ServiceSettings(BaseSettings):
         description="Adapters never unloaded to make room (comma-separated); with max_resident_adapters set "
         "they are the default ensemble.",
     )
-    default_strategy: Literal["greedy", "beam", "sample"] = Field("beam", description="Default decoding.")
-    default_num_beams: int = Field(3, ge=1, description="Default beams (and beam outputs) per prompt.")
+    default_strategy: Literal["greedy", "beam", "sample"] | None = Field(
+        None, description="Default decoding. Unset: by device (beam on CUDA, greedy on the CPU)."
+    )
+    default_members: int | None = Field(
+        None,
+        ge=1,
+        description="Most served adapters in the default ensemble, those with the best held-out validation "
+        "F1 in their manifests. Unset: by device (all on CUDA, 1 on the CPU).",
+    )
+    default_num_beams: int | None = Field(
+        None, ge=1, description="Default beams (and beam outputs) per prompt. Unset: 3 for beam search."
+    )
     default_max_new_tokens: int = Field(24, ge=1, description="Default answer length budget in tokens.")
     max_new_tokens_limit: int = Field(128, ge=1, description="Largest max_new_tokens a request may ask for.")
     max_beams_limit: int = Field(8, ge=1, description="Largest num_beams a request may ask for.")
@@ -206,13 +221,16 @@ class ServiceSettings(BaseSettings):
     def resolved_adapters_dir(self) -> Path | None:
         """The adapters folder to serve, or None for the base model alone.
 
-        The embedded `adapters/` were trained on the default base only, so they are served by default only
-        with that base; any other base starts without adapters unless `QA_ADAPTERS_DIR` names a folder.
+        The embedded adapters live by base (`adapters/<key>/`), so a base gets the set trained on it and no
+        other (the manifests' base check refuses another base's adapters anyway); a base without a set, or a
+        folder or hub model, starts with the base alone unless `QA_ADAPTERS_DIR` names a folder.
         """
         if self.adapters_dir is not None:
             return self.adapters_dir
-        embedded = REPO_ROOT / "adapters"
-        return embedded if embedded.is_dir() and self.model == EMBEDDED_ADAPTERS_BASE else None
+        if "/" in self.model or self.model in (".", ".."):
+            return None
+        embedded = EMBEDDED_ADAPTERS / self.model
+        return embedded if embedded.is_dir() else None
 
     def resolved_jobs_dir(self) -> Path:
         """Where batch jobs are persisted."""

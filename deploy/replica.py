@@ -30,6 +30,7 @@ from app.settings import ServiceSettings
 from deploy.adapter_sets import AdapterResidency, AdapterSetLease, adapter_set_names
 from deploy.reply import Reply, error_reply
 from engine import EngineConfig
+from engine.builder import default_ensemble
 from ensemble.batch import BatchOptions, BatchResult
 from ensemble.datasets import QAExample
 from ensemble.plan import Member
@@ -41,7 +42,8 @@ class ReplicaService(QAService):
 
     The base loads without adapters; the adapters folder is read once (manifests checked, as at a
     single-process start) into `catalog`, the adapters this replica may load. The default ensemble is the
-    whole catalog in name order, the order the single-process service serves it in, so both answer alike; a
+    catalog in name order (cut to `default_members` as the engine cuts it), the order the single-process
+    service serves it in, so both answer alike; a
     name outside the catalog is refused as the single-process service refuses an adapter it does not serve.
     """
 
@@ -63,7 +65,8 @@ class ReplicaService(QAService):
             )
 
     def default_adapters(self) -> list[str]:
-        return self.catalog.names() or [BASE_MEMBER]
+        names = default_ensemble(self.catalog.names(), self.catalog, self.engine().config.default_members)
+        return names or [BASE_MEMBER]
 
     def _members(self, names: list[str] | None) -> list[Member] | None:
         wanted = self.default_adapters() if names is None else names

@@ -24,7 +24,7 @@ from models.errors import AdapterNotFoundError
 from models.generator import Generator
 from models.loading import LoadConfig, load_base
 from models.registry import AdapterRegistry, AdapterSpec, check_adapter_folder, find_adapter_folder
-from models.sources import ResolvedModel, resolve_model
+from models.sources import DEFAULT_MODEL, ResolvedModel, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 class EngineConfig:
     """What to load and how to decode by default."""
 
-    model: str = "qwen2.5-coder-0.5b"
+    model: str = DEFAULT_MODEL
     """A model key, 'tiny-random', a local folder or a hub id."""
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "qa-ensemble")
     """Where fetched models are converted and cached."""
@@ -60,6 +60,9 @@ class EngineConfig:
     """Most adapters on the model at once (least recently used out first); None = all of them."""
     pinned_adapters: tuple[str, ...] = ()
     """Adapters never unloaded to make room; with a capacity set they are the default ensemble."""
+    default_members: int | None = None
+    """The default ensemble holds at most this many served adapters: those whose manifests report the best
+    held-out validation F1 (`training.validation.best_f1`). None: every served adapter."""
     preload_adapters: bool = True
     """Load every adapter of `adapters_dir` at start. False: start with the base alone and load adapters by
     name later (`Engine.load_adapter`), as Ray Serve replicas do for the adapter sets routed to them."""
@@ -78,6 +81,8 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if not self.default_prompts:
             raise ValueError("default_prompts: name at least one prompt variant")
+        if self.default_members is not None and self.default_members < 1:
+            raise ValueError(f"default_members: must be >= 1; got {self.default_members}")
         for name in self.default_prompts:
             get_prompt_style(name)  # a bad default fails at start, not per request
 
@@ -175,7 +180,24 @@ def served_members(
         names = [n for n in names if n in config.pinned_adapters]
     if not names or registry is None:
         return [Member(adapter=None)]
+    if config is not None:
+        names = default_ensemble(names, registry, config.default_members)
     return [Member(adapter=n, weight=registry.get(n).manifest.weight) for n in names]
+
+
+def default_ensemble(names: list[str], registry: AdapterRegistry, limit: int | None) -> list[str]:
+    """`names` (in their order), cut to the `limit` with the best held-out validation F1 (None: all)."""
+    if limit is None:
+        return list(names)
+    best = sorted(names, key=lambda n: -held_out_f1(registry.get(n)))[:limit]
+    return [n for n in names if n in best]
+
+
+def held_out_f1(spec: AdapterSpec) -> float:
+    """The best validation F1 its training reported on held-out articles (-inf when it reports none)."""
+    validation = (spec.manifest.training or {}).get("validation") or {}
+    f1 = validation.get("best_f1") if isinstance(validation, dict) else None
+    return float(f1) if isinstance(f1, int | float) and not isinstance(f1, bool) else float("-inf")
 
 
 def _check_capacity(config: EngineConfig, names: list[str]) -> None:

@@ -13,13 +13,42 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from ensemble.errors import EmptyPlanError, InvalidDecodingError, InvalidMemberError
-from ensemble.prompts import get_prompt_style
+from ensemble.prompts import DEFAULT_PROMPTS, get_prompt_style
 
 Strategy = Literal["greedy", "beam", "sample"]
 _STRATEGIES: tuple[str, ...] = ("greedy", "beam", "sample")
 
 BASE_MEMBER_NAME = "base"
 """How the base model alone (``adapter=None``) is named in reports such as adapter agreement."""
+DEFAULT_NUM_BEAMS = 3
+"""Beams (and beam outputs) per prompt when beam search is asked for without a width."""
+
+
+@dataclass(frozen=True)
+class PlanDefaults:
+    """What a question gets when neither the request nor the operator names prompts or decoding."""
+
+    prompts: tuple[str, ...]
+    strategy: Strategy
+    num_beams: int
+    members: int | None = None
+    """At most this many served members (the best by held-out validation F1); None: all of them."""
+
+
+DEVICE_DEFAULTS: dict[str, PlanDefaults] = {
+    # Every served member x 2 prompts x 3 beams (docs/benchmarks.md, session 7).
+    "cuda": PlanDefaults(DEFAULT_PROMPTS, "beam", DEFAULT_NUM_BEAMS),
+    # The best member by held-out F1, one prompt, greedy: on a 2-core CPU the CPU's cost is the prefill, so
+    # each candidate costs a prompt's worth (1.5B: ~5 s for one, ~15 s for three); on held-out train
+    # articles the member's greedy answer came within 0.4 F1 of the GPU's 18 voted candidates.
+    "cpu": PlanDefaults(("zero-shot",), "greedy", 1, members=1),
+}
+"""The default plan by kind of device (`cuda`, else `cpu`): one table the service and `qa-eval` read."""
+
+
+def plan_defaults(device: str) -> PlanDefaults:
+    """The default plan for a device such as "cuda:0", "cuda" or "cpu" (any non-CUDA device is "cpu")."""
+    return DEVICE_DEFAULTS["cuda" if device.startswith("cuda") else "cpu"]
 
 
 @dataclass(frozen=True)
@@ -28,7 +57,7 @@ class Decoding:
 
     strategy: Strategy = "beam"
     """greedy: one best-first output; beam: beam search; sample: independent random samples."""
-    num_beams: int = 3
+    num_beams: int = DEFAULT_NUM_BEAMS
     """Beam width; only read for ``strategy="beam"`` (greedy and sampling run with one beam)."""
     num_return_sequences: int | None = None
     """Outputs per prompt; None means num_beams for beam search and 1 otherwise."""

@@ -26,7 +26,7 @@ from models.tiny import TINY_KEY, build_tiny_model
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-DEFAULT_MODEL = "qwen2.5-coder-0.5b"
+DEFAULT_MODEL = "qwen2.5-coder-1.5b"
 SAVE_DTYPE = "bfloat16"
 """Converted folders are saved in bf16: half the disk of fp32, the dtype the GPU serves in anyway, and the
 rounding (2^-9 relative) is far below the Q4_K quantization error already baked into the weights."""

@@ -14,6 +14,7 @@ def server_env(tiny_model_dir: Path, tiny_adapters_dir: Path, tmp_path_factory) 
         "QA_ADAPTERS_DIR": str(tiny_adapters_dir),
         "QA_CACHE_DIR": str(tmp_path_factory.mktemp("client-cache")),
         "QA_DEFAULT_STRATEGY": "greedy",
+        "QA_DEFAULT_MEMBERS": "3",
         "QA_DEFAULT_MAX_NEW_TOKENS": "3",
         "QA_BATCH_SYNC_MAX_ROWS": "2",
         "QA_LOG_LEVEL": "info",
