@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# The answer-quality GPU session (issue 16) as a sequence of `device` calls, made back to back (the machine goes
+# back 30 s after a call): the real Qwen2.5-Coder-1.5B GGUF arrives in parts, is converted once, then every
+# member of recipes/korquad-qwen1.5b.toml trains side by side with the experiments beside them, and the eval
+# runs follow in the background. See docs/benchmarks.md ("Session 7").
+#
+#   bash bench/gpu_quality.sh start        carry .gpu-site .gpu-data .gpu-part1: unpack packages, data, part 1
+#   bash bench/gpu_quality.sh part N       carry .gpu-partN: one part of the GGUF into /tmp/parts
+#   bash bench/gpu_quality.sh convert      assemble + check sha256, convert once, start `train` in the background
+#   bash bench/gpu_quality.sh status       the training curves so far, the eval reports, GPU memory
+#   bash bench/gpu_quality.sh backends     Unsloth against peft on the real base, same member and steps (idle card)
+#   bash bench/gpu_quality.sh collect      adapters and reports into $OUT (at most 8 files of 16 MiB)
+#
+# `train` (background, from the code the convert call carried) runs, as separate processes on the one card:
+#   - the recipe's three members (unsloth), written to /tmp/out/ship;
+#   - q15-zs-s1 again with the peft backend (the same member and steps: the curves and throughput compared);
+#   - q15-zs-s1 again at r=8 (what the r=4 size budget cost in F1);
+#   - the Unsloth GPU test (a padded validation batch longer than train.max_seq_len);
+# then, once the three members are written, the eval runs (qa-eval run, the service's code):
+#   eval-ens   the shipped GPU default: 3 members x 2 prompts x 3 beams, 4-bit, every strategy scored
+#   eval-zs    the base alone, greedy zero-shot, 4-bit
+#   eval-cpu   the members greedy over both prompts in float32 without quantization (the CPU's arithmetic)
+#   eval-r8    the r=8 twin alone, greedy
+#   holdout    the GPU default on the held-out train articles (candidates.jsonl for fitting the vote)
+set -uo pipefail
+step=${1:?step}
+RES=/tmp/results
+SRC=/tmp/src
+DATA=/tmp/data/KorQuAD_v1.0_dev.json
+SHA=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+KEY=qwen2.5-coder-1.5b
+RECIPE=$SRC/recipes/korquad-qwen1.5b.toml
+mkdir -p "$RES"
+env_runs() {
+  export PYTHONPATH=/tmp/site:$SRC PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 UNSLOTH_DISABLE_STATISTICS=1
+  export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True TOKENIZERS_PARALLELISM=false
+}
+train_one() {  # NAME OUT [--set ...]: one member in its own process, cwd and unsloth compile cache
+  local name=$1 out=$2; shift 2
+  mkdir -p "/tmp/run/$name"
+  (cd "/tmp/run/$name" && UNSLOTH_COMPILE_LOCATION="/tmp/run/$name/ucache" python3 -m training.cli \
+    --config "$RECIPE" --only "${name%%@*}" --set train.data="$DATA" --set train.cache_dir=/tmp/cache \
+    --set train.progress=false --set train.output_dir="$out" "$@" >"$RES/train-$name.log" 2>&1; \
+    echo "exit $?" >>"$RES/train-$name.log")
+}
+eval_run() {  # OUT ARGS...: one qa-eval run on the eval split unless ARGS say otherwise
+  local out=$1; shift
+  python3 -m evaluation.cli run --data "$DATA" --model "$KEY" --cache-dir /tmp/cache --chunk-size 64 \
+    --no-progress --out "$RES/$out" "$@" >"$RES/$out.log" 2>&1
+  echo "exit $?" >>"$RES/$out.log"
+}
+case "$step" in
+  start)
+    mkdir -p /tmp/site /tmp/parts /tmp/data && tar -C /tmp/site -xJf .gpu-site/site.tar.xz
+    cp .gpu-data/KorQuAD_v1.0_dev.json /tmp/data/ && cp .gpu-part1/part /tmp/parts/001
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; ls /tmp/parts | wc -l
+    ;;
+  part)
+    n=${2:?part number}; cp ".gpu-part$n/part" "/tmp/parts/$(printf %03d "$n")" && ls /tmp/parts | wc -l
+    ;;
+  convert)
+    cat /tmp/parts/* >/tmp/q15.gguf && echo "$SHA  /tmp/q15.gguf" | sha256sum -c || exit 1
+    rm -rf "$SRC" && mkdir -p "$SRC" && cp -r app engine models ensemble evaluation training bench recipes tests \
+      pyproject.toml "$SRC"/
+    env_runs
+    t0=$(date +%s)
+    python3 -m models.cli fetch "$KEY" --cache-dir /tmp/cache --gguf /tmp/q15.gguf 2>&1 | tail -2
+    echo "converted in $(( $(date +%s) - t0 )) s"
+    (cd "$SRC" && setsid nohup bash bench/gpu_quality.sh train >"$RES/train.log" 2>&1 &)
+    sleep 3; cat "$RES/train.log"
+    ;;
+  train)  # background: see the header
+    env_runs
+    nvidia-smi --query-gpu=memory.used --format=csv,noheader
+    ship=()
+    for m in q15-zs-s1 q15-pr-s2 q15-zs-nef-s3; do train_one "$m" /tmp/out/ship & ship+=($!); sleep 2; done
+    train_one "q15-zs-s1@peft" /tmp/out/peft --set train.backend=peft &
+    train_one "q15-zs-s1@r8" /tmp/out/r8 --set members.q15-zs-s1.r=8 --set members.q15-zs-s1.alpha=16 &
+    (cd "$SRC" && QA_GPU_TRAIN_BASE=/tmp/cache/models/$KEY UNSLOTH_COMPILE_LOCATION=/tmp/run/test-ucache \
+      python3 -m pytest -q -p no:cacheprovider tests/training/test_unsloth_seq_len.py >"$RES/gpu-test.log" 2>&1)
+    echo "gpu test: $(tail -1 "$RES/gpu-test.log")"
+    wait "${ship[@]}"
+    echo "members written $(date +%T): $(ls /tmp/out/ship | tr '\n' ' ')"
+    # two eval chains side by side (each process may keep up to a fifth of the card in decode shapes)
+    (eval_run eval-ens --split eval --adapters-dir /tmp/out/ship
+     eval_run holdout --split train --ids /tmp/out/ship/.training/holdout_ids.json --adapters-dir /tmp/out/ship) &
+    (eval_run eval-zs --split eval --prompts zero-shot --num-beams 1
+     eval_run eval-cpu --split eval --adapters-dir /tmp/out/ship --num-beams 1 --quantization none --dtype float32
+     until grep -q "^exit" "$RES/train-q15-zs-s1@r8.log" 2>/dev/null; do sleep 5; done
+     eval_run eval-r8 --split eval --adapters-dir /tmp/out/r8 --prompts zero-shot --num-beams 1) &
+    wait
+    echo "all done $(date +%T)"
+    ;;
+  status)
+    tail -3 "$RES/train.log"
+    for f in /tmp/out/*/.training/*.train_log.jsonl; do
+      [ -f "$f" ] || continue
+      echo "$f: $(grep -o '"f1": [0-9.]*' "$f" | tr '\n' ' ' | cut -c1-300)"
+      tail -1 "$f" | cut -c1-200
+    done
+    for f in "$RES"/train-*.log "$RES"/eval-*.log "$RES"/holdout.log; do
+      [ -f "$f" ] && echo "$f: $(grep -E 'Error|error|exit' "$f" | tail -2 | cut -c1-300)"
+    done
+    for r in "$RES"/eval-* "$RES"/holdout; do
+      [ -f "$r/report.md" ] && { echo "== $r"; grep -E "^\| (ensemble|member|greedy|top-beam|prompt)" "$r/report.md" | head -20; }
+    done
+    nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
+    ;;
+  backends)  # on an idle card: the same member and steps with each backend, one after the other
+    env_runs
+    (cd "$SRC" && python3 -m bench.train_backends --config "$RECIPE" --member q15-zs-s1 --steps 20 \
+      --warmup-steps 4 --timeout 200 --set train.data="$DATA" --set train.cache_dir=/tmp/cache \
+      --out "$RES/backends" 2>&1 | grep -E "^\||error")
+    ;;
+  collect)
+    for m in q15-zs-s1 q15-pr-s2 q15-zs-nef-s3; do
+      [ -d "/tmp/out/ship/$m" ] && tar -C /tmp/out/ship -cf "$OUT/$m.tar" "$m"
+    done
+    tar -C /tmp -cJf "$OUT/results.tar.xz" results out/ship/.training out/peft/.training out/r8/.training \
+      --exclude='*.safetensors' 2>/dev/null
+    ls -la "$OUT"
+    ;;
+  *) echo "unknown step $step" >&2; exit 2 ;;
+esac
