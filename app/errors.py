@@ -88,8 +88,11 @@ def unauthorized_response() -> JSONResponse:
 
 
 def internal_error_response() -> JSONResponse:
-    """The one 500: says nothing about what went wrong (the log does)."""
-    return error_body(500, "internal error", "internal_error")
+    """The one 500: says nothing about what went wrong (the log does). The server closes the connection
+    after an unhandled error, so the response says so and the client does not reuse it."""
+    response = error_body(500, "internal error", "internal_error")
+    response.headers["Connection"] = "close"
+    return response
 
 
 def body_too_large_response(exc: BodyTooLargeError) -> JSONResponse:
