@@ -227,6 +227,16 @@ def install_error_handlers(app: FastAPI) -> None:
         app.add_exception_handler(exc_type, handler)  # type: ignore[arg-type]
 
 
+def public_error(exc: Exception) -> str:
+    """How an error reads where clients see it outside a response of its own (a failed batch row or job):
+    a typed error by its class and message, anything else as an internal error that names nothing (the
+    caller logs it). The same split as the handlers: what gets a 4xx/503 here may be shown, a 500 not."""
+    nearest = next(t for t in type(exc).__mro__ if t in _HANDLERS)
+    if nearest is Exception:
+        return "internal error: this row could not be answered (the server log has the reason)"
+    return f"{type(exc).__name__}: {exc}"
+
+
 async def error_response(exc: Exception, request: Request) -> JSONResponse:
     """The response `install_error_handlers` gives for `exc`, for code that catches errors itself.
 

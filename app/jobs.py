@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from app.errors import public_error
 from app.job_errors import JobFinishedError, JobNotReadyError, TooManyJobsError, UnknownJobError
 from app.job_store import JobStore
 from app.schemas import BatchResponse, JobState, JobStatusResponse, RowFailureOut
@@ -151,7 +152,7 @@ class JobManager:
         except (OSError, ValueError) as exc:  # removed or damaged behind our back: say so, never a 500
             logger.exception("the result file of batch job %s is unreadable", job_id)
             with self._lock:
-                self._finish(job, "failed", f"failed: the result file is missing or unreadable ({exc})")
+                self._finish(job, "failed", "failed: the result file is missing or unreadable")
             raise JobNotReadyError(job_id, "failed") from exc
 
     def cancel(self, job_id: str) -> JobStatusResponse:
@@ -223,7 +224,7 @@ class JobManager:
         except Exception as exc:  # noqa: BLE001 - recorded on the job; the worker goes on
             logger.exception("batch job %s failed", job.id)
             with self._lock:
-                self._finish(job, "failed", f"{type(exc).__name__}: {exc}")
+                self._finish(job, "failed", public_error(exc))
         else:
             failures = [
                 RowFailureOut(row=n, id=row.id, error=row.error)

@@ -155,6 +155,12 @@ def _live_metrics(service: QAService, admission: Admission) -> Iterator[Any]:
     for name in generator.resident_adapters:
         resident.add_metric([name], 1)
     yield resident
+    faulty = GaugeMetricFamily(
+        "qa_adapter_faulty", "1 per adapter taken out of service because its rows failed.", labels=["adapter"]
+    )
+    for name in generator.faulty_adapters:
+        faulty.add_metric([name], 1)
+    yield faulty
     yield _gauge("qa_adapters_served", "Adapters requests may name.", len(generator.adapter_names))
     stats = generator.stats
     for name, doc, value in (

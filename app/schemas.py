@@ -230,6 +230,11 @@ class ReadyResponse(BaseModel):
     model: str
     device: str | None = None
     adapters: list[str] = []
+    faulty_adapters: dict[str, str] = Field(
+        {},
+        description="Adapters taken out of service because their rows failed at run time (the others still "
+        "answer), with why; load one again to retry it.",
+    )
     detail: str | None = None
 
 

@@ -167,6 +167,10 @@ class QAService:
     def adapter_names(self) -> list[str]:
         return self._engine.adapter_names if self._engine else []
 
+    def faulty_adapters(self) -> dict[str, str]:
+        """Adapters the generator took out of service at run time (their rows failed), with why."""
+        return self._engine.generator.faulty_adapters if self._engine else {}
+
     def _defaults(self) -> Decoding:
         s = self.settings
         beams = s.default_num_beams if s.default_strategy == "beam" else 1
@@ -279,12 +283,20 @@ class QAService:
         *,
         on_progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        describe_error: Callable[[Exception], str] | None = None,
     ) -> BatchResult:
         """Many questions through `ensemble.batch.run_batch` (one result per row, in order)."""
         self._require()
         assert self._batcher is not None  # set together with the engine
         # Chunks go through the micro-batcher, so a batch job and /answer requests share generation passes.
-        return run_batch(self._batcher, examples, options, on_progress=on_progress, should_stop=should_stop)
+        return run_batch(
+            self._batcher,
+            examples,
+            options,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            describe_error=describe_error,
+        )
 
 
 def to_candidates(vote: Vote) -> list[CandidateOut]:

@@ -35,6 +35,9 @@ class ServedAdapters:
         self._stacked, self._residency = stacked, residency
         self._specs: dict[str, AdapterSpec] = {}  # served: resident, or loaded again when a row names it
         self._attached: set[str] = set()
+        self.faulty: dict[str, str] = {}
+        """Adapters taken out of service because their rows failed at run time (`quarantine`): name -> why,
+        in words for operators (no paths). Loading one again clears it."""
 
     @property
     def names(self) -> list[str]:
@@ -73,6 +76,16 @@ class ServedAdapters:
             return
         self._make_resident([spec.name], {spec.name: spec})
         self._specs[spec.name] = spec
+        self.faulty.pop(spec.name, None)
+
+    def quarantine(self, name: str, reason: str) -> None:
+        """Stop serving `name`, whose rows failed at run time while other rows of the batch did not: off the
+        model and out of `names` (rows may no longer name it), remembered in `faulty`."""
+        self.faulty[name] = reason
+        self._specs.pop(name, None)
+        self._attached.discard(name)
+        if name in self._residency:
+            self._evict(name)
 
     def unload(self, name: str) -> None:
         """Stop serving a loaded adapter; the last one out unwraps peft's model again."""
