@@ -9,7 +9,9 @@ Three sources, so nothing is counted twice and nothing is stale:
   resident adapters, the generator's token and time totals (tokens/s is `rate()` of the two), and on CUDA the
   accelerator memory allocated, reserved and peak.
 Each app owns its own `CollectorRegistry` (no process-global state), so tests can build many apps. The route
-label is the route's path template (`/batch/{job_id}`), never the raw path, so ids do not explode the series.
+label is the route's path template (`/batch/{job_id}`), never the raw path, so ids do not explode the series;
+a path no route matches is `unmatched` and a method outside HTTP's standard ones `other`, so made-up
+requests (each a 404, 405 or 401) cannot grow the series without bound.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     from app.service import QAService
 
 BASE_LABEL = "base"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+"""Methods that keep their own label; any other is counted as `other`."""
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -228,6 +232,7 @@ class MetricsMiddleware:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
+            method = method if method in METHODS else "other"
             self.metrics.requests.labels(label, method, str(status)).inc()
             self.metrics.latency.labels(label, method).observe(time.perf_counter() - started)
 
