@@ -63,6 +63,9 @@ ANSWER_FIELDS = [
     ({**OK, "decoding": {"max_new_tokens": "three"}}, 422, "validation_error", "decoding.max_new_tokens"),
     ({**OK, "decoding": {"max_new_tokens": 2.5}}, 422, "validation_error", "decoding.max_new_tokens"),
     ({**OK, "decoding": {"num_beams": -1}}, 422, "validation_error", "decoding.num_beams"),
+    ({**OK, "decoding": {"num_beams": True}}, 422, "validation_error", "decoding.num_beams"),  # not 1
+    ({**OK, "decoding": {"max_new_tokens": False}}, 422, "validation_error", "decoding.max_new_tokens"),
+    ({**OK, "decoding": {"temperature": True}}, 422, "validation_error", "decoding.temperature"),
     ({**OK, "explain": None}, 422, "validation_error", "explain"),
     ({**OK, "context": "가" * 2_001}, 413, "payload_too_large", "context"),  # huge field
     ({**OK, "question": "q" * 201}, 413, "payload_too_large", "question"),
