@@ -233,7 +233,7 @@ def public_error(exc: Exception) -> str:
     caller logs it). The same split as the handlers: what gets a 4xx/503 here may be shown, a 500 not."""
     nearest = next(t for t in type(exc).__mro__ if t in _HANDLERS)
     if nearest is Exception:
-        return "internal error: this row could not be answered (the server log has the reason)"
+        return "internal error (the server log has the reason)"
     return f"{type(exc).__name__}: {exc}"
 
 
