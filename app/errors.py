@@ -159,7 +159,7 @@ async def _job_state(_: Request, exc: JobNotReadyError | JobFinishedError) -> JS
 
 
 async def _too_many_jobs(_: Request, exc: TooManyJobsError) -> JSONResponse:
-    return error_body(429, str(exc), "too_many_jobs", retry_after=30)
+    return error_body(429, str(exc), "too_many_jobs", retry_after=exc.retry_after)
 
 
 async def _not_ready(_: Request, exc: ServiceNotReadyError) -> JSONResponse:

@@ -46,7 +46,11 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = QAService(settings, on_batch=metrics.observe_batch, on_vote=metrics.observe_vote)
         app.state.service = service
-        jobs = JobManager(settings.batch_max_jobs, JobStore(settings.resolved_jobs_dir()))
+        jobs = JobManager(
+            settings.batch_max_jobs,
+            JobStore(settings.resolved_jobs_dir()),
+            retention_s=settings.batch_retention_s,
+        )
         app.state.jobs = jobs
         app.state.admission = Admission(
             settings.max_concurrent_requests, settings.max_queue, settings.request_timeout_s

@@ -133,8 +133,14 @@ class ServiceSettings(BaseSettings):
     batch_max_jobs: int = Field(
         32,
         ge=1,
-        description="Batch jobs kept in memory; the oldest finished is forgotten first, and when all are "
-        "unfinished a new one is refused (429).",
+        description="Batch jobs kept; to make room the oldest finished one past batch_retention_s is "
+        "forgotten (its files deleted), and when there is none a new job is refused (429).",
+    )
+    batch_retention_s: float = Field(
+        3600.0,
+        ge=0,
+        description="A finished batch job and its result are kept at least this long after it finished: a "
+        "new job is refused (429) rather than forget it sooner.",
     )
     max_body_bytes: int = Field(
         2 * 1024 * 1024,

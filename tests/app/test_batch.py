@@ -47,7 +47,8 @@ def upload(client: TestClient, data: bytes, filename: str = "test.csv", **fields
 
 @pytest.fixture(scope="module")
 def small_client(tiny_settings: ServiceSettings) -> Iterator[TestClient]:
-    """Jobs from 3 rows, small row/byte/job limits, and prompts over 800 tokens refused."""
+    """Jobs from 3 rows, small row/byte/job limits (finished jobs kept no longer than room allows), and prompts
+    over 800 tokens refused."""
     settings = tiny_settings.model_copy(
         update={
             "batch_sync_max_rows": 2,
@@ -55,6 +56,7 @@ def small_client(tiny_settings: ServiceSettings) -> Iterator[TestClient]:
             "batch_max_bytes": 64 * 1024,
             "batch_chunk_size": 2,
             "batch_max_jobs": 2,
+            "batch_retention_s": 0.0,
             "max_input_tokens": 800,
         }
     )
