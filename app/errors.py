@@ -5,11 +5,14 @@ deadline 504; a model that is not ready, or out of accelerator memory even for o
 Retry-After); anything unexpected is a logged 500 that leaks no internals. Domain errors stay typed in their
 packages; only this module knows HTTP. The pure ASGI middlewares (`app.auth`, `app.limits`, `app.request_log`)
 answer before any handler runs, so they get their responses from `unauthorized_response` /
-`body_too_large_response` / `internal_error_response` here.
+`body_too_large_response` / `bad_framing_response` / `internal_error_response` here, and `app.connections`,
+below any ASGI app, its raw bytes from `raw_error_response`.
 """
 
 from __future__ import annotations
 
+import http
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -91,6 +94,26 @@ def internal_error_response() -> JSONResponse:
     """The one 500: says nothing about what went wrong (the log does). The server closes the connection
     after an unhandled error, so the response says so and the client does not reuse it."""
     response = error_body(500, "internal error", "internal_error")
+    response.headers["Connection"] = "close"
+    return response
+
+
+def raw_error_response(status: int, error: str, error_type: str, *, retry_after: int | None = None) -> bytes:
+    """A whole HTTP/1.1 response with the JSON error body and `Connection: close`, as bytes: for
+    `app.connections`, which answers on the socket itself (a connection past the cap, a request too slow to
+    arrive) where no ASGI app runs."""
+    body = json.dumps({"error": error, "error_type": error_type, "detail": None}).encode("utf-8")
+    reason = http.HTTPStatus(status).phrase
+    head = [f"HTTP/1.1 {status} {reason}", "content-type: application/json", f"content-length: {len(body)}"]
+    if retry_after is not None:
+        head.append(f"retry-after: {retry_after}")
+    head.append("connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
+
+
+def bad_framing_response(reason: str) -> JSONResponse:
+    """The 400 of a request whose body length is ambiguous; the connection is closed after it."""
+    response = error_body(400, reason, "invalid_framing")
     response.headers["Connection"] = "close"
     return response
 
