@@ -181,6 +181,24 @@ class ServiceSettings(BaseSettings):
         ge=0,
         description="On SIGTERM: how long in-flight requests and a running batch chunk may take to finish.",
     )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        description="Most client connections open at once; one more is answered 503 and closed before "
+        "anything is read.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest a request's head (request line and headers) may take to arrive, from the "
+        "connection's opening or the previous response's end; past it 408 and the connection is closed.",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest a request's body may take to arrive after its head; past it 408 and the "
+        "connection is closed. Time the request then spends queued or generating does not count.",
+    )
     jobs_dir: Path | None = Field(
         None, description="Where batch job states and results are written. Unset: <cache_dir>/jobs."
     )
