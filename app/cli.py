@@ -6,7 +6,9 @@ On SIGTERM (or Ctrl-C) uvicorn stops accepting connections and gives requests in
 process exits.
 
 Logs go to stderr as JSON lines (`log_format=json`, the default) or plain text, uvicorn's own loggers
-included; uvicorn's access log is off, since `app.request_log` writes one line per request with its id.
+included; uvicorn's access log is off, since `app.request_log` writes one line per request with its id. With
+JSON, nothing else reaches stderr either: transformers' and huggingface_hub's progress bars are off, and
+transformers' own log handler and Python's warnings go through the same JSON handler.
 
 uvicorn runs with `app.connections`' guarded protocol: at most `max_connections` open, and a request's head
 and body must arrive within `header_timeout_s` and `body_timeout_s`.
@@ -63,6 +65,21 @@ def logging_config(settings: ServiceSettings) -> dict[str, Any]:
     }
 
 
+def quiet_third_party_output(settings: ServiceSettings) -> None:
+    """With JSON logs, keep what libraries print themselves off stderr: progress bars off, and transformers'
+    handler and `warnings` through the root logger's (JSON) handler."""
+    if settings.log_format != "json":
+        return
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
+    logging.captureWarnings(True)
+
+
 def uvicorn_config(
     app: FastAPI, settings: ServiceSettings, log_config: dict[str, Any] | None
 ) -> uvicorn.Config:
@@ -95,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     settings = ServiceSettings(**overrides)
     log_config = logging_config(settings)
     logging.config.dictConfig(log_config)
+    quiet_third_party_output(settings)
     app = build_app(settings)
     config = uvicorn_config(app, settings, log_config)
     _DrainingServer(config, on_shutdown=lambda: begin_shutdown(app)).run()
