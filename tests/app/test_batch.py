@@ -47,8 +47,8 @@ def upload(client: TestClient, data: bytes, filename: str = "test.csv", **fields
 
 @pytest.fixture(scope="module")
 def small_client(tiny_settings: ServiceSettings) -> Iterator[TestClient]:
-    """Jobs from 3 rows, small row/byte/job limits (finished jobs kept no longer than room allows), and prompts
-    over 800 tokens refused."""
+    """Jobs from 3 rows, small row/byte/job limits (finished jobs kept only until room is needed), and
+    prompts over 800 tokens refused."""
     settings = tiny_settings.model_copy(
         update={
             "batch_sync_max_rows": 2,
