@@ -9,9 +9,9 @@ a bad batch never starts. Reading the bytes off the wire is the route's job; run
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from json import JSONDecodeError
 from typing import Any, Literal, TypeVar
 
 from fastapi import HTTPException
@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.datastructures import FormData, UploadFile
 
+import bounded_json
 from app.schemas import BatchFormRequest, BatchOptionsRequest, BatchRequest
 from app.service import QAService, RequestLimitError
 from ensemble.batch import BatchOptions
@@ -94,8 +95,8 @@ class ReceivedBatch:
         if self.form is not None:
             return self.form.adapters
         try:
-            document = json.loads(self.json_body or b"")
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            document = bounded_json.loads(self.json_body or b"")
+        except ValueError:  # not UTF-8, not JSON, or past its bounds
             return None
         names = document.get("adapters") if isinstance(document, dict) else None
         if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
@@ -106,10 +107,10 @@ class ReceivedBatch:
 def from_json(body: bytes, service: QAService) -> PreparedBatch:
     """`{"rows": [...], "adapters"?, "prompts"?, "decoding"?, "strategies"?, "explain"?, "metric"?}`."""
     try:
-        document = json.loads(body.decode("utf-8"))
+        document = bounded_json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as exc:
         raise HTTPException(400) from exc  # the same "not UTF-8 JSON" error /answer gives
-    except json.JSONDecodeError as exc:
+    except JSONDecodeError as exc:  # malformed, or nested too deep / an integer too long (JSONLimitError)
         error = {"type": "json_invalid", "loc": ("body", exc.pos), "msg": "JSON decode error", "input": {}}
         raise RequestValidationError([{**error, "ctx": {"error": exc.msg}}]) from exc
     request = _validated(BatchRequest.model_validate, document)
@@ -254,6 +255,6 @@ def _validated(validate: Callable[[Any], T], value: object) -> T:
 
 def _json_or_text(text: str) -> object:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
+        return bounded_json.loads(text)
+    except JSONDecodeError:  # malformed or past its bounds (`bounded_json.JSONLimitError`)
         return text  # pydantic then says the field must be an object, naming it

@@ -6,13 +6,17 @@ No batching of its own happens here (chunking, row isolation and scoring are `en
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import asdict
 
 from app.batch_input import PreparedBatch
+from app.errors import public_error
 from app.schemas import BatchResponse, BatchRowOut, ScoresOut
 from app.service import QAService, to_candidates
 from ensemble.batch import BatchResult
+
+logger = logging.getLogger(__name__)
 
 
 def run(
@@ -23,9 +27,21 @@ def run(
 ) -> BatchResponse:
     """Answer every row; raises `ensemble.batch.BatchCancelledError` when `should_stop()` says so."""
     result = service.run_batch(
-        batch.examples, batch.options, on_progress=on_progress, should_stop=should_stop
+        batch.examples,
+        batch.options,
+        on_progress=on_progress,
+        should_stop=should_stop,
+        describe_error=_row_error,
     )
     return to_batch_response(result, explain=batch.explain, strategies=batch.options.strategies)
+
+
+def _row_error(exc: Exception) -> str:
+    """A failed row's error as the client sees it: typed errors say what they are, others nothing."""
+    message = public_error(exc)
+    if message.startswith("internal error"):
+        logger.error("a batch row failed", exc_info=exc)
+    return message
 
 
 def to_batch_response(result: BatchResult, *, explain: bool, strategies: bool) -> BatchResponse:

@@ -6,7 +6,12 @@ On SIGTERM (or Ctrl-C) uvicorn stops accepting connections and gives requests in
 process exits.
 
 Logs go to stderr as JSON lines (`log_format=json`, the default) or plain text, uvicorn's own loggers
-included; uvicorn's access log is off, since `app.request_log` writes one line per request with its id.
+included; uvicorn's access log is off, since `app.request_log` writes one line per request with its id. With
+JSON, nothing else reaches stderr either: transformers' and huggingface_hub's progress bars are off, and
+transformers' own log handler and Python's warnings go through the same JSON handler.
+
+uvicorn runs with `app.connections`' guarded protocol: at most `max_connections` open, and a request's head
+and body must arrive within `header_timeout_s` and `body_timeout_s`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from collections.abc import Callable
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
+from app.connections import guarded_protocol
 from app.main import begin_shutdown, build_app
 from app.settings import ServiceSettings
 
@@ -58,6 +65,42 @@ def logging_config(settings: ServiceSettings) -> dict[str, Any]:
     }
 
 
+def quiet_third_party_output(settings: ServiceSettings) -> None:
+    """With JSON logs, keep what libraries print themselves off stderr: progress bars off, and transformers'
+    handler and `warnings` through the root logger's (JSON) handler."""
+    if settings.log_format != "json":
+        return
+    import huggingface_hub.utils
+    import transformers.utils.logging
+
+    huggingface_hub.utils.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_default_handler()
+    transformers.utils.logging.enable_propagation()
+    logging.captureWarnings(True)
+
+
+def uvicorn_config(
+    app: FastAPI, settings: ServiceSettings, log_config: dict[str, Any] | None
+) -> uvicorn.Config:
+    """How `qa-serve` runs `app`: the guarded protocol (connection cap, head and body deadlines), no access
+    log, the drain timeout."""
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        http=guarded_protocol(
+            max_connections=settings.max_connections,
+            header_timeout_s=settings.header_timeout_s,
+            body_timeout_s=settings.body_timeout_s,
+        ),
+        log_level=settings.log_level,
+        log_config=log_config,
+        access_log=False,
+        timeout_graceful_shutdown=settings.drain_timeout_s,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="qa-serve", description=__doc__)
     parser.add_argument("--model", help="base model key, 'tiny-random', folder or hub id (QA_MODEL)")
@@ -69,16 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     settings = ServiceSettings(**overrides)
     log_config = logging_config(settings)
     logging.config.dictConfig(log_config)
+    quiet_third_party_output(settings)
     app = build_app(settings)
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        log_config=log_config,
-        access_log=False,
-        timeout_graceful_shutdown=settings.drain_timeout_s,
-    )
+    config = uvicorn_config(app, settings, log_config)
     _DrainingServer(config, on_shutdown=lambda: begin_shutdown(app)).run()
 
 

@@ -5,11 +5,14 @@ deadline 504; a model that is not ready, or out of accelerator memory even for o
 Retry-After); anything unexpected is a logged 500 that leaks no internals. Domain errors stay typed in their
 packages; only this module knows HTTP. The pure ASGI middlewares (`app.auth`, `app.limits`, `app.request_log`)
 answer before any handler runs, so they get their responses from `unauthorized_response` /
-`body_too_large_response` / `internal_error_response` here.
+`body_too_large_response` / `bad_framing_response` / `internal_error_response` here, and `app.connections`,
+below any ASGI app, its raw bytes from `raw_error_response`.
 """
 
 from __future__ import annotations
 
+import http
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -88,8 +91,31 @@ def unauthorized_response() -> JSONResponse:
 
 
 def internal_error_response() -> JSONResponse:
-    """The one 500: says nothing about what went wrong (the log does)."""
-    return error_body(500, "internal error", "internal_error")
+    """The one 500: says nothing about what went wrong (the log does). The server closes the connection
+    after an unhandled error, so the response says so and the client does not reuse it."""
+    response = error_body(500, "internal error", "internal_error")
+    response.headers["Connection"] = "close"
+    return response
+
+
+def raw_error_response(status: int, error: str, error_type: str, *, retry_after: int | None = None) -> bytes:
+    """A whole HTTP/1.1 response with the JSON error body and `Connection: close`, as bytes: for
+    `app.connections`, which answers on the socket itself (a connection past the cap, a request too slow to
+    arrive) where no ASGI app runs."""
+    body = json.dumps({"error": error, "error_type": error_type, "detail": None}).encode("utf-8")
+    reason = http.HTTPStatus(status).phrase
+    head = [f"HTTP/1.1 {status} {reason}", "content-type: application/json", f"content-length: {len(body)}"]
+    if retry_after is not None:
+        head.append(f"retry-after: {retry_after}")
+    head.append("connection: close")
+    return ("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body
+
+
+def bad_framing_response(reason: str) -> JSONResponse:
+    """The 400 of a request whose body length is ambiguous; the connection is closed after it."""
+    response = error_body(400, reason, "invalid_framing")
+    response.headers["Connection"] = "close"
+    return response
 
 
 def body_too_large_response(exc: BodyTooLargeError) -> JSONResponse:
@@ -156,7 +182,7 @@ async def _job_state(_: Request, exc: JobNotReadyError | JobFinishedError) -> JS
 
 
 async def _too_many_jobs(_: Request, exc: TooManyJobsError) -> JSONResponse:
-    return error_body(429, str(exc), "too_many_jobs", retry_after=30)
+    return error_body(429, str(exc), "too_many_jobs", retry_after=exc.retry_after)
 
 
 async def _not_ready(_: Request, exc: ServiceNotReadyError) -> JSONResponse:
@@ -222,6 +248,16 @@ _HANDLERS: dict[type[Exception], Handler] = {
 def install_error_handlers(app: FastAPI) -> None:
     for exc_type, handler in _HANDLERS.items():
         app.add_exception_handler(exc_type, handler)  # type: ignore[arg-type]
+
+
+def public_error(exc: Exception) -> str:
+    """How an error reads where clients see it outside a response of its own (a failed batch row or job):
+    a typed error by its class and message, anything else as an internal error that names nothing (the
+    caller logs it). The same split as the handlers: what gets a 4xx/503 here may be shown, a 500 not."""
+    nearest = next(t for t in type(exc).__mro__ if t in _HANDLERS)
+    if nearest is Exception:
+        return "internal error (the server log has the reason)"
+    return f"{type(exc).__name__}: {exc}"
 
 
 async def error_response(exc: Exception, request: Request) -> JSONResponse:

@@ -33,4 +33,9 @@ class JobFinishedError(RuntimeError):
 
 
 class TooManyJobsError(RuntimeError):
-    """Every kept job is still unfinished (or the server is shutting down): try again later."""
+    """No room for a new job: every kept job is unfinished or finished within the retention time (or the
+    server is shutting down). `retry_after`: seconds until room may be made."""
+
+    def __init__(self, message: str, *, retry_after: int = 30) -> None:
+        super().__init__(message)
+        self.retry_after = max(1, retry_after)

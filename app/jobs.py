@@ -4,22 +4,29 @@ A job is a callable `work(on_progress, should_stop) -> BatchResponse` plus its b
 running -> done | failed | cancelled | interrupted. Its result is exposed only once it is done, so nothing
 half-done is ever reported as done. The worker survives anything a job raises (the job is marked failed with
 the reason). On shutdown (`request_stop`, then `stop`) queued jobs and a running one (after its current chunk)
-become `interrupted`, never done. With a `JobStore` every state change and the result are written atomically
-(result first), and a restart reports what was finished and marks what was not as interrupted; without one,
-jobs live in memory only. This module knows neither HTTP nor the model.
+become `interrupted`, never done. With a `JobStore` every state change, the progress after each chunk and the
+result are written atomically (result first), and a restart reports what was finished and marks what was not
+as interrupted, with the rows it had answered; without one, jobs live in memory only.
+
+At most `max_jobs` are kept. A finished job is kept at least `retention_s` after it finished: a new job that
+finds no room is refused (`TooManyJobsError`, with the seconds until the oldest finished job may go) rather
+than erase a result younger than that; past it, the oldest finished job is forgotten (files deleted) to make
+room. This module knows neither HTTP nor the model.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+from app.errors import public_error
 from app.job_errors import JobFinishedError, JobNotReadyError, TooManyJobsError, UnknownJobError
 from app.job_store import JobStore
 from app.schemas import BatchResponse, JobState, JobStatusResponse, RowFailureOut
@@ -64,10 +71,13 @@ class _Job:
 class JobManager:
     """Creates, runs, reports and cancels batch jobs; every method is safe to call from any thread."""
 
-    def __init__(self, max_jobs: int, store: JobStore | None = None) -> None:
+    def __init__(self, max_jobs: int, store: JobStore | None = None, *, retention_s: float = 0.0) -> None:
         if max_jobs < 1:
             raise ValueError(f"max_jobs: must be >= 1; got {max_jobs}")
+        if retention_s < 0:
+            raise ValueError(f"retention_s: must be >= 0; got {retention_s}")
         self.max_jobs = max_jobs
+        self.retention = timedelta(seconds=retention_s)
         self._store = store
         self._jobs: dict[str, _Job] = {}  # insertion order = creation order, oldest first
         self._lock = threading.Lock()
@@ -76,7 +86,10 @@ class JobManager:
         self._thread: threading.Thread | None = None
         self._stop_asked_at: float | None = None
         if store is not None:
-            for status in store.recover()[-max_jobs:]:  # all finished now; the newest kept
+            recovered = store.recover()  # all finished now; the newest kept, the others' files deleted
+            for status in recovered[: max(0, len(recovered) - max_jobs)]:
+                store.delete(status.job_id)
+            for status in recovered[-max_jobs:]:
                 self._jobs[status.job_id] = _Job.restored(status)
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -119,20 +132,34 @@ class JobManager:
             if self._closing.is_set():
                 raise TooManyJobsError("the server is shutting down; no new batch jobs")
             while len(self._jobs) >= self.max_jobs:
-                oldest = next((j for j in self._jobs.values() if j.status in FINISHED), None)
-                if oldest is None:
-                    raise TooManyJobsError(
-                        f"{len(self._jobs)} batch jobs are queued or running (the limit); try again later"
-                    )
-                del self._jobs[oldest.id]
-                if self._store is not None:
-                    self._store.delete(oldest.id)
+                self._forget_oldest_finished()
             job = _Job(id=uuid.uuid4().hex, total=total, work=work)
             self._jobs[job.id] = job
             snapshot = job.snapshot()
             self._save(job)
         self._queue.put(job.id)
         return snapshot
+
+    def _forget_oldest_finished(self) -> None:
+        """Make room for one job (under the lock): forget the finished job whose retention ended first."""
+        finished = [j for j in self._jobs.values() if j.status in FINISHED]
+        if not finished:
+            raise TooManyJobsError(
+                f"{len(self._jobs)} batch jobs are queued or running (the limit); try again later"
+            )
+        oldest = min(finished, key=lambda j: j.finished_at or j.created_at)
+        kept_until = (oldest.finished_at or oldest.created_at) + self.retention
+        now = datetime.now(UTC)
+        if kept_until > now:
+            wait = math.ceil((kept_until - now).total_seconds())
+            raise TooManyJobsError(
+                f"{len(self._jobs)} batch jobs are kept (the limit) and no finished one is older than the "
+                f"retention time ({self.retention.total_seconds():g}s); try again in {wait}s",
+                retry_after=wait,
+            )
+        del self._jobs[oldest.id]
+        if self._store is not None:
+            self._store.delete(oldest.id)
 
     def status(self, job_id: str) -> JobStatusResponse:
         with self._lock:
@@ -151,7 +178,7 @@ class JobManager:
         except (OSError, ValueError) as exc:  # removed or damaged behind our back: say so, never a 500
             logger.exception("the result file of batch job %s is unreadable", job_id)
             with self._lock:
-                self._finish(job, "failed", f"failed: the result file is missing or unreadable ({exc})")
+                self._finish(job, "failed", "failed: the result file is missing or unreadable")
             raise JobNotReadyError(job_id, "failed") from exc
 
     def cancel(self, job_id: str) -> JobStatusResponse:
@@ -207,6 +234,7 @@ class JobManager:
         def on_progress(done: int, total: int) -> None:
             with self._lock:
                 job.done = done
+                self._save(job)  # on disk too: a restart after a kill says how far it got
 
         try:
             result = work(on_progress, job.stop.is_set)
@@ -223,7 +251,7 @@ class JobManager:
         except Exception as exc:  # noqa: BLE001 - recorded on the job; the worker goes on
             logger.exception("batch job %s failed", job.id)
             with self._lock:
-                self._finish(job, "failed", f"{type(exc).__name__}: {exc}")
+                self._finish(job, "failed", public_error(exc))
         else:
             failures = [
                 RowFailureOut(row=n, id=row.id, error=row.error)

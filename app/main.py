@@ -1,8 +1,9 @@
 """`build_app(settings)`: the app factory; the lifespan builds the service once into app.state.
 
 Around the routes, outermost first: the request id and log line (`app.request_log`), request metrics
-(`app.metrics`, served at /metrics), the API key check (`app.auth`, when a key is configured), the body size
-limit (`app.limits`), then FastAPI's own error handling (`app.errors`). The lifespan owns the service (and
+(`app.metrics`, served at /metrics), the API key check (`app.auth`, when a key is configured), the refusal of
+ambiguous body framing and HEAD as GET (`app.http_framing`), the body size limit (`app.limits`), then
+FastAPI's own error handling (`app.errors`). The lifespan owns the service (and
 its micro-batcher), the batch job manager (persisted under `jobs_dir`) and the admission control of
 generating requests; on shutdown it stops the job worker (a running job becomes `interrupted`) within
 `drain_timeout_s`.
@@ -20,11 +21,13 @@ from fastapi import FastAPI
 from app.admission import Admission
 from app.auth import OPEN_PATHS, ApiKeyMiddleware
 from app.errors import (
+    bad_framing_response,
     body_too_large_response,
     install_error_handlers,
     internal_error_response,
     unauthorized_response,
 )
+from app.http_framing import FramingMiddleware, HeadMiddleware
 from app.job_store import JobStore
 from app.jobs import JobManager
 from app.limits import BodyLimitMiddleware
@@ -46,7 +49,11 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         service = QAService(settings, on_batch=metrics.observe_batch, on_vote=metrics.observe_vote)
         app.state.service = service
-        jobs = JobManager(settings.batch_max_jobs, JobStore(settings.resolved_jobs_dir()))
+        jobs = JobManager(
+            settings.batch_max_jobs,
+            JobStore(settings.resolved_jobs_dir()),
+            retention_s=settings.batch_retention_s,
+        )
         app.state.jobs = jobs
         app.state.admission = Admission(
             settings.max_concurrent_requests, settings.max_queue, settings.request_timeout_s
@@ -81,7 +88,8 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
 
 def install_http_layers(app: FastAPI, settings: ServiceSettings, api_key: str | None) -> None:
     """The error handlers and middlewares every HTTP front of the service has (this app and the Ray Serve
-    ingress of `deploy.ingress` alike): one JSON error body, the body limits, the API key, request ids."""
+    ingress of `deploy.ingress` alike): one JSON error body, the body limits, HEAD, refused ambiguous
+    framing, the API key, request ids."""
     install_error_handlers(app)
     app.add_middleware(
         BodyLimitMiddleware,
@@ -89,6 +97,8 @@ def install_http_layers(app: FastAPI, settings: ServiceSettings, api_key: str | 
         limits={("POST", "/batch"): max(settings.batch_max_bytes, settings.max_body_bytes)},
         respond=body_too_large_response,
     )
+    app.add_middleware(HeadMiddleware)
+    app.add_middleware(FramingMiddleware, respond=bad_framing_response)  # before anything reads a body
     if api_key is not None:
         app.add_middleware(ApiKeyMiddleware, key=api_key, respond=unauthorized_response)
         _document_api_key(app)

@@ -9,7 +9,9 @@ Three sources, so nothing is counted twice and nothing is stale:
   resident adapters, the generator's token and time totals (tokens/s is `rate()` of the two), and on CUDA the
   accelerator memory allocated, reserved and peak.
 Each app owns its own `CollectorRegistry` (no process-global state), so tests can build many apps. The route
-label is the route's path template (`/batch/{job_id}`), never the raw path, so ids do not explode the series.
+label is the route's path template (`/batch/{job_id}`), never the raw path, so ids do not explode the series;
+a path no route matches is `unmatched` and a method outside HTTP's standard ones `other`, so made-up
+requests (each a 404, 405 or 401) cannot grow the series without bound.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
     from app.service import QAService
 
 BASE_LABEL = "base"
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT"})
+"""Methods that keep their own label; any other is counted as `other`."""
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 
@@ -155,6 +159,12 @@ def _live_metrics(service: QAService, admission: Admission) -> Iterator[Any]:
     for name in generator.resident_adapters:
         resident.add_metric([name], 1)
     yield resident
+    faulty = GaugeMetricFamily(
+        "qa_adapter_faulty", "1 per adapter taken out of service because its rows failed.", labels=["adapter"]
+    )
+    for name in generator.faulty_adapters:
+        faulty.add_metric([name], 1)
+    yield faulty
     yield _gauge("qa_adapters_served", "Adapters requests may name.", len(generator.adapter_names))
     stats = generator.stats
     for name, doc, value in (
@@ -222,6 +232,7 @@ class MetricsMiddleware:
             route = scope.get("route")
             label = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
+            method = method if method in METHODS else "other"
             self.metrics.requests.labels(label, method, str(status)).inc()
             self.metrics.latency.labels(label, method).observe(time.perf_counter() - started)
 

@@ -32,6 +32,23 @@ class DecodingRequest(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1, allow_inf_nan=False, description="Nucleus sampling.")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Seed for sampling.")
 
+    @field_validator(
+        "num_beams",
+        "num_return_sequences",
+        "max_new_tokens",
+        "temperature",
+        "top_k",
+        "top_p",
+        "seed",
+        mode="before",
+    )
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        # pydantic's lax mode reads true as 1: a JSON boolean is not a number here (a numeric string is).
+        if isinstance(value, bool):
+            raise ValueError("must be a number, not a boolean")
+        return value
+
 
 def _not_blank(value: str) -> str:
     if not value.strip():
@@ -230,6 +247,11 @@ class ReadyResponse(BaseModel):
     model: str
     device: str | None = None
     adapters: list[str] = []
+    faulty_adapters: dict[str, str] = Field(
+        {},
+        description="Adapters taken out of service because their rows failed at run time (the others still "
+        "answer), with why; load one again to retry it.",
+    )
     detail: str | None = None
 
 

@@ -180,6 +180,10 @@ class QAService:
         prompts = self.settings.default_prompts
         return tuple(prompts) if prompts else self._device_defaults.prompts
 
+    def faulty_adapters(self) -> dict[str, str]:
+        """Adapters the generator took out of service at run time (their rows failed), with why."""
+        return self._engine.generator.faulty_adapters if self._engine else {}
+
     def _defaults(self) -> Decoding:
         """The decoding of a request that names none: the settings, each unset one by the device."""
         s, device = self.settings, self._device_defaults
@@ -300,12 +304,20 @@ class QAService:
         *,
         on_progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
+        describe_error: Callable[[Exception], str] | None = None,
     ) -> BatchResult:
         """Many questions through `ensemble.batch.run_batch` (one result per row, in order)."""
         self._require()
         assert self._batcher is not None  # set together with the engine
         # Chunks go through the micro-batcher, so a batch job and /answer requests share generation passes.
-        return run_batch(self._batcher, examples, options, on_progress=on_progress, should_stop=should_stop)
+        return run_batch(
+            self._batcher,
+            examples,
+            options,
+            on_progress=on_progress,
+            should_stop=should_stop,
+            describe_error=describe_error,
+        )
 
 
 def to_candidates(vote: Vote) -> list[CandidateOut]:

@@ -148,8 +148,14 @@ class ServiceSettings(BaseSettings):
     batch_max_jobs: int = Field(
         32,
         ge=1,
-        description="Batch jobs kept in memory; the oldest finished is forgotten first, and when all are "
-        "unfinished a new one is refused (429).",
+        description="Batch jobs kept; to make room the oldest finished one past batch_retention_s is "
+        "forgotten (its files deleted), and when there is none a new job is refused (429).",
+    )
+    batch_retention_s: float = Field(
+        3600.0,
+        ge=0,
+        description="A finished batch job and its result are kept at least this long after it finished: a "
+        "new job is refused (429) rather than forget it sooner.",
     )
     max_body_bytes: int = Field(
         2 * 1024 * 1024,
@@ -189,6 +195,24 @@ class ServiceSettings(BaseSettings):
         30.0,
         ge=0,
         description="On SIGTERM: how long in-flight requests and a running batch chunk may take to finish.",
+    )
+    max_connections: int = Field(
+        512,
+        ge=1,
+        description="Most client connections open at once; one more is answered 503 and closed before "
+        "anything is read.",
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Longest a request's head (request line and headers) may take to arrive, from the "
+        "connection's opening or the previous response's end; past it 408 and the connection is closed.",
+    )
+    body_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        description="Longest a request's body may take to arrive after its head; past it 408 and the "
+        "connection is closed. Time the request then spends queued or generating does not count.",
     )
     jobs_dir: Path | None = Field(
         None, description="Where batch job states and results are written. Unset: <cache_dir>/jobs."

@@ -174,7 +174,11 @@ class QAIngress:
         parts_in_flight: int = 8,
     ) -> None:
         service_settings = ServiceSettings(**settings)
-        jobs = JobManager(service_settings.batch_max_jobs, JobStore(service_settings.resolved_jobs_dir()))
+        jobs = JobManager(
+            service_settings.batch_max_jobs,
+            JobStore(service_settings.resolved_jobs_dir()),
+            retention_s=service_settings.batch_retention_s,
+        )
         self.ingress = Ingress(model, service_settings, jobs, chunks_per_part, parts_in_flight)
 
     def __serve_build_asgi_app__(self) -> FastAPI:

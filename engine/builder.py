@@ -2,8 +2,9 @@
 and, when asked, warm the decode loop up (`Engine.warm_up`) before the engine is handed out.
 
 `Engine.load_adapter` / `unload_adapter` change the served adapters at run time, by name only: the folder
-is found strictly inside the configured adapters folder, its manifest and base are checked by the registry
-and its weights by the generator before it is swapped in, one change per name at a time.
+is found strictly inside the configured adapters folder, its config, manifest, base and prompt style are
+checked by the registry (`check_adapter_folder`, the same check as at start) and its weights against that
+config and the base by the generator before it is swapped in, one change per name at a time.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Literal
 
 from ensemble.pipeline import EnsemblePipeline, PipelineConfig
 from ensemble.plan import Decoding, Member, build_plan
-from ensemble.prompts import DEFAULT_PROMPTS, get_prompt_style
+from ensemble.prompts import DEFAULT_PROMPTS, PROMPT_STYLES, get_prompt_style
 from models.decode_loop import WarmUp
 from models.errors import AdapterNotFoundError
 from models.generator import Generator
@@ -143,7 +144,10 @@ class Engine:
             if name in self.generator.adapter_names:
                 return self.registry.get(name), False
             spec = check_adapter_folder(
-                folder, base_key=self.resolved.key, base_fingerprint=self.resolved.fingerprint
+                folder,
+                base_key=self.resolved.key,
+                base_fingerprint=self.resolved.fingerprint,
+                prompt_styles=PROMPT_STYLES,
             )
             # Registered first, so every name the generator serves always has its manifest here.
             self.registry.add(spec)
@@ -236,7 +240,10 @@ def build_engine(config: EngineConfig) -> Engine:
         registry = AdapterRegistry()  # filled by load_adapter as adapters are asked for
     elif config.adapters_dir is not None:
         registry = AdapterRegistry.from_dir(
-            config.adapters_dir, base_key=resolved.key, base_fingerprint=resolved.fingerprint
+            config.adapters_dir,
+            base_key=resolved.key,
+            base_fingerprint=resolved.fingerprint,
+            prompt_styles=PROMPT_STYLES,
         )
         _check_capacity(config, registry.names())
         # Pinned first, so with a capacity the pinned ones are resident when serving starts.

@@ -127,8 +127,12 @@ def run_batch(
     *,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    describe_error: Callable[[Exception], str] | None = None,
 ) -> BatchResult:
-    """Answer every example. `on_progress(done, total)` runs after each chunk; `should_stop()` cancels."""
+    """Answer every example. `on_progress(done, total)` runs after each chunk; `should_stop()` cancels;
+    `describe_error` turns a failed row's exception into its `error` text (default: class and message; a
+    server passes one that hides internals)."""
+    describe = describe_error or _describe
     options = options or BatchOptions()
     total = len(examples)
     order = length_order(examples)
@@ -164,7 +168,7 @@ def run_batch(
     for i, ex in enumerate(examples):
         result = main[i]
         if isinstance(result, Exception):
-            rows.append(RowResult(ex.id, "", 0.0, 0, error=f"{type(result).__name__}: {result}"))
+            rows.append(RowResult(ex.id, "", 0.0, 0, error=describe(result)))
             continue
         strategies: dict[str, str] = {}
         strategy_error = None
@@ -174,7 +178,7 @@ def run_batch(
             if isinstance(greedy_vote, Vote):
                 greedy_candidates = [v.candidate for v in greedy_vote.candidates]
             else:
-                strategy_error = f"greedy pass: {type(greedy_vote).__name__}: {greedy_vote}"
+                strategy_error = f"greedy pass: {describe(greedy_vote)}"
             strategies = strategy_answers(
                 [v.candidate for v in result.candidates],
                 greedy_candidates,
@@ -193,6 +197,10 @@ def run_batch(
             )
         )
     return BatchResult(rows=rows, scores=_scores(examples, rows, options), seconds=seconds)
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def length_order(examples: Sequence[QAExample]) -> list[int]:

@@ -19,7 +19,8 @@ partial result escapes. `DataFormatError.row` is 1-based and means:
 - SQuAD JSON: the question's position in file order (the message also gives its path in the document);
 - `parse_rows`: the position in the sequence.
 
-This module does not score answers (see `ensemble.metric`), fetch data, or import torch.
+JSON is read through `bounded_json` (nesting and integer length bounded), so no input raises anything but
+`DataFormatError`. This module does not score answers (see `ensemble.metric`), fetch data, or import torch.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from dataclasses import dataclass
 from hashlib import md5
 from pathlib import Path
 from typing import Literal, TextIO, cast
+
+import bounded_json
 
 Format = Literal["auto", "squad", "csv", "jsonl"]
 Source = str | os.PathLike[str] | bytes
@@ -212,7 +215,7 @@ def _detect_format(text: str, name: str | None) -> str:
     if stripped[0] not in "{[":
         return "csv"
     try:
-        first = json.loads(stripped.split("\n", 1)[0])
+        first = bounded_json.loads(stripped.split("\n", 1)[0])
     except json.JSONDecodeError:
         return "squad"  # a pretty-printed document: its first line is not a whole value
     return "jsonl" if isinstance(first, dict) and "data" not in first else "squad"
@@ -220,7 +223,7 @@ def _detect_format(text: str, name: str | None) -> str:
 
 def _parse_json(text: str, **kwargs: object) -> object:
     try:
-        return json.loads(text, **kwargs)  # type: ignore[arg-type]
+        return bounded_json.loads(text, **kwargs)
     except json.JSONDecodeError as e:
         hint = "; one object per line is JSON Lines (use .jsonl)" if e.msg == "Extra data" else ""
         raise DataFormatError(f"malformed JSON: {e.msg} at column {e.colno}{hint}",
@@ -273,7 +276,7 @@ def _csv_rows(text: str) -> _Rows:
         cell = record.get("answers", "")
         if cell.lstrip().startswith("["):
             try:
-                row["answers"] = json.loads(cell)
+                row["answers"] = bounded_json.loads(cell)
             except json.JSONDecodeError as e:
                 raise DataFormatError(f"a cell starting with '[' must be a JSON list: {e.msg}",
                                       row=n, field="answers") from e
@@ -319,7 +322,7 @@ def _jsonl_rows(text: str) -> _Rows:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = bounded_json.loads(line)
         except json.JSONDecodeError as e:
             raise DataFormatError(f"malformed JSON Lines: {e.msg} at column {e.colno}", row=n) from e
         if not isinstance(obj, dict):

@@ -43,6 +43,7 @@ class CandidateGenerator(Protocol):
     ) -> list[list[tuple[str, float]]]:
         """Per prompt, num_return_sequences (decoded text, score) best first; score is a log-probability
         (beam: the beam's length-normalised sequence score; greedy/sampling: mean token log-probability).
+        A prompt whose adapter failed at run time (and was taken out of service) has none.
         The whole list runs as ONE mixed-adapter batch (peft adapter_names), left-padded."""
         ...
 
@@ -191,10 +192,10 @@ class EnsemblePipeline:
                 "generate", f"returned outputs for {len(outputs)} prompts; {len(prompts)} were sent"
             )
         for per_prompt in outputs:
-            if not per_prompt or len(per_prompt) > kwargs["num_return_sequences"]:
+            if len(per_prompt) > kwargs["num_return_sequences"]:
                 raise GeneratorContractError(
                     "generate",
-                    f"returned {len(per_prompt)} outputs for a prompt; expected 1 to "
+                    f"returned {len(per_prompt)} outputs for a prompt; expected 0 to "
                     f"{kwargs['num_return_sequences']}",
                 )
         return outputs

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from models.adapter_config import LoraConfig, read_lora_config
 from models.cache import AdapterResidency
 from models.errors import AdapterError, UnknownAdapterError
 from models.multi_lora import StackedLora, read_lora
@@ -34,6 +35,9 @@ class ServedAdapters:
         self._stacked, self._residency = stacked, residency
         self._specs: dict[str, AdapterSpec] = {}  # served: resident, or loaded again when a row names it
         self._attached: set[str] = set()
+        self.faulty: dict[str, str] = {}
+        """Adapters taken out of service because their rows failed at run time (`quarantine`): name -> why,
+        in words for operators (no paths). Loading one again clears it."""
 
     @property
     def names(self) -> list[str]:
@@ -57,22 +61,31 @@ class ServedAdapters:
         self._attached.add(name)
 
     def check(self, spec: AdapterSpec) -> None:
-        """Check a new adapter's weights (readable, finite, shaped for this base) before it touches the model;
-        nothing for a name already served. Safe without the lock: it reads the files and the shapes only."""
+        """Check a new adapter's weights (readable, finite, agreeing with its config, shaped for this base)
+        before it touches the model; nothing for a name already served. Safe without the lock: it reads the
+        files and the shapes only."""
         if spec.name not in self._specs:
-            check_lora_weights(spec.path / ADAPTER_WEIGHTS, self.model, name=spec.name)
+            check_lora_weights(spec.path / ADAPTER_WEIGHTS, self.model, name=spec.name, config=_config(spec))
 
     def load(self, spec: AdapterSpec) -> None:
         """Serve `spec` and make it resident now (idempotent by name; another folder under a served name is
         refused). With a capacity, the least recently used unpinned adapters make room."""
         if spec.name in self._specs:
             if self._specs[spec.name].path != spec.path:
-                raise AdapterError(
-                    f"adapter {spec.name!r} is already loaded from {self._specs[spec.name].path}"
-                )
+                raise AdapterError(f"adapter {spec.name!r} is already loaded from another folder")
             return
         self._make_resident([spec.name], {spec.name: spec})
         self._specs[spec.name] = spec
+        self.faulty.pop(spec.name, None)
+
+    def quarantine(self, name: str, reason: str) -> None:
+        """Stop serving `name`, whose rows failed at run time while other rows of the batch did not: off the
+        model and out of `names` (rows may no longer name it), remembered in `faulty`."""
+        self.faulty[name] = reason
+        self._specs.pop(name, None)
+        self._attached.discard(name)
+        if name in self._residency:
+            self._evict(name)
 
     def unload(self, name: str) -> None:
         """Stop serving a loaded adapter; the last one out unwraps peft's model again."""
@@ -104,7 +117,7 @@ class ServedAdapters:
 
     def _put_on(self, spec: AdapterSpec) -> None:
         if self._stacked is not None:
-            self._stacked.add(read_lora(spec.path, spec.name))
+            self._stacked.add(read_lora(spec.path, spec.name, _config(spec)))
             return
         from peft import PeftModel
 
@@ -118,7 +131,8 @@ class ServedAdapters:
         except Exception as e:  # noqa: BLE001 - peft raises many types for a bad folder
             if isinstance(self.model, PeftModel) and spec.name in self.model.peft_config:
                 self.model.delete_adapter(spec.name)  # never leave a half-loaded adapter in the model
-            raise AdapterError(f"adapter {spec.name!r} could not be loaded: {e}") from e
+            logger.exception("adapter %s could not be loaded by peft", spec.name)
+            raise AdapterError(f"adapter {spec.name!r} could not be loaded ({type(e).__name__})") from e
         self.model.eval()
 
     def _evict(self, name: str) -> None:
@@ -135,3 +149,8 @@ class ServedAdapters:
         if not others:
             self.model = self.model.unload()
         self.model.eval()
+
+
+def _config(spec: AdapterSpec) -> LoraConfig:
+    """The spec's LoRA config as the registry checked it, or read now (a spec made without the registry)."""
+    return spec.lora if spec.lora is not None else read_lora_config(spec.path, spec.name)

@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import bounded_json
 from models.errors import ModelSourceError
 
 BASE_INFO_NAME = "qa_base.json"
@@ -35,7 +36,7 @@ def read_base_info(folder: Path) -> BaseInfo | None:
     if not stamp.is_file():
         return None
     try:
-        data = json.loads(stamp.read_text(encoding="utf-8"))
+        data = bounded_json.loads(stamp.read_text(encoding="utf-8"))
         return BaseInfo(
             key=str(data["key"]), fingerprint=str(data["fingerprint"]), source=data.get("source", "")
         )

@@ -265,7 +265,12 @@ class Generator:
                 kwargs["adapter_names"] = [a or BASE_ADAPTER for a in row_adapters]
             started = time.perf_counter()
             with torch.inference_mode():
-                texts, scores, new_tokens = self._generate_split(kwargs, beams=num_beams > 1)
+                try:
+                    texts, scores, new_tokens = self._generate_split(kwargs, beams=num_beams > 1)
+                except (GenerationOutOfMemoryError, PromptTooLongError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - maybe one adapter's fault: find it, isolate it
+                    texts, scores, new_tokens = self._isolate(kwargs, row_adapters, exc, beams=num_beams > 1)
             old = self._stats
             self._stats = GenerationStats(
                 calls=old.calls + 1,
@@ -273,13 +278,61 @@ class Generator:
                 new_tokens=old.new_tokens + new_tokens,
                 seconds=old.seconds + time.perf_counter() - started,
             )
+        pairs = list(zip(texts, scores, strict=True))
         results = [
             sorted(
-                zip(texts[i * n : (i + 1) * n], scores[i * n : (i + 1) * n], strict=True), key=lambda c: -c[1]
+                # None: the rows of an adapter that `_isolate` took out of service
+                (pair for pair in pairs[i * n : (i + 1) * n] if pair[0] is not None),
+                key=lambda c: -c[1],
             )
             for i in range(len(prompts))
         ]
         return results
+
+    @property
+    def faulty_adapters(self) -> dict[str, str]:
+        """Adapters taken out of service at run time (their rows failed, the others' did not): name -> why."""
+        with self._lock:
+            return dict(self._served.faulty)
+
+    def _isolate(
+        self, kwargs: dict[str, Any], row_adapters: list[str | None], exc: Exception, *, beams: bool
+    ) -> tuple[list[Any], list[Any], int]:
+        """A batch failed, not for memory: run each adapter's rows alone. An adapter whose rows fail while
+        other rows (another adapter's, the base's, or its own rows run on the base) succeed is the fault: it
+        is taken out of service (`ServedAdapters.quarantine`, logged), and its rows come back with no outputs
+        (None), so the rest of the batch is answered. When the base fails too, `exc` is raised as it was."""
+        groups: dict[str | None, list[int]] = {}
+        for row, adapter in enumerate(row_adapters):
+            groups.setdefault(adapter, []).append(row)
+        if None in groups and len(groups) == 1:
+            raise exc
+        per_row = kwargs["num_return_sequences"]
+        texts: list[Any] = [None] * (len(row_adapters) * per_row)
+        scores: list[Any] = [None] * len(texts)
+        new_tokens, failed = 0, {}
+        for adapter, rows in groups.items():
+            try:
+                part = self._generate_split(self._part(kwargs, rows), beams=beams)
+            except GenerationOutOfMemoryError:
+                raise
+            except Exception as error:  # noqa: BLE001 - this group's failure is the finding
+                failed[adapter] = error
+                continue
+            new_tokens += part[2]
+            for k, row in enumerate(rows):
+                texts[row * per_row : (row + 1) * per_row] = part[0][k * per_row : (k + 1) * per_row]
+                scores[row * per_row : (row + 1) * per_row] = part[1][k * per_row : (k + 1) * per_row]
+        if None in failed or not failed:
+            raise exc
+        if len(failed) == len(groups):  # every group failed: is the base itself sound?
+            probe = self._part(kwargs, groups[next(iter(groups))][:1], base=True)
+            self._generate_split(probe, beams=beams)  # raises when the base fails too: not an adapter's fault
+        for adapter, error in failed.items():
+            assert adapter is not None
+            logger.error("adapter %s failed at run time; taken out of service", adapter, exc_info=error)
+            self._served.quarantine(adapter, f"failed at run time ({type(error).__name__}); see the log")
+        return texts, scores, new_tokens
 
     def warm_up(self, batches: Sequence[tuple[Sequence[str | None], int]], *, max_length: int) -> WarmUp:
         """Make the decode loop's shapes for `batches` (each: every prompt row's adapter, and the beams) at
@@ -384,13 +437,17 @@ class Generator:
     def _row_adapters(names: Sequence[str] | None, rows: int) -> list[str | None]:
         return [None if n == BASE_ADAPTER else n for n in names] if names else [None] * rows
 
-    def _part(self, kwargs: dict[str, Any], rows: slice) -> dict[str, Any]:
-        """The same generate call for some rows only, without the padding columns none of them needs."""
+    def _part(self, kwargs: dict[str, Any], rows: slice | list[int], *, base: bool = False) -> dict[str, Any]:
+        """The same generate call for some rows only (on the base alone when `base`), without the padding
+        columns none of them needs."""
         mask = kwargs["attention_mask"][rows]
         start = int(mask.any(dim=0).int().argmax())
         part = {**kwargs, "input_ids": kwargs["input_ids"][rows, start:], "attention_mask": mask[:, start:]}
         if "adapter_names" in kwargs:
-            part["adapter_names"] = kwargs["adapter_names"][rows]
+            names = kwargs["adapter_names"]
+            part["adapter_names"] = names[rows] if isinstance(rows, slice) else [names[i] for i in rows]
+            if base:
+                part["adapter_names"] = [BASE_ADAPTER] * len(part["adapter_names"])
         if "stopping_criteria" in kwargs:
             part["stopping_criteria"] = StoppingCriteriaList(
                 [FirstLineDone(part["input_ids"].shape[1], self._line_ends)]

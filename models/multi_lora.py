@@ -24,7 +24,7 @@ whenever the stacks are rebuilt, so a CUDA graph that captured a forward (`model
 tensor addresses it may still replay.
 
 `StackedLora` loads adapters saved by peft (`adapter_model.safetensors` + `adapter_config.json`, plain
-LoRA: no DoRA, no bias, no rank or alpha patterns; those are refused with `AdapterError`), wraps the target
+LoRA, as `models.adapter_config` validates it for both backends), wraps the target
 layers of the base model in place on first use and rebuilds the stacks when adapters come or go. It is for
 inference only (no dropout, no gradients); training uses peft. Checking the weights before they are used is
 `models.weights`' job; choosing adapters per row is the generator's.
@@ -32,7 +32,6 @@ inference only (no dropout, no gradients); training uses peft. Checking the weig
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models import lora_kernel
+from models.adapter_config import LoraConfig
 from models.errors import AdapterError
 from models.fused_base import FusedLinear, fuse
 
@@ -59,27 +59,13 @@ class LoraWeights:
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-def read_lora(folder: Path, name: str) -> LoraWeights:
-    """Read a peft LoRA folder (safetensors only); raises `AdapterError` for what stacking cannot serve."""
+def read_lora(folder: Path, name: str, config: LoraConfig) -> LoraWeights:
+    """Read a peft LoRA folder's weights (safetensors only) for its validated `config`
+    (`models.adapter_config`); raises `AdapterError` for a matrix without its pair or a rank other than the
+    config's (which `models.weights` has refused already, for a folder that went through it)."""
     from safetensors.torch import load_file
 
-    try:
-        config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"adapter {name!r}: adapter_config.json is unreadable ({exc})") from exc
-    unsupported = {
-        "use_dora": bool(config.get("use_dora")),
-        "bias": config.get("bias", "none") != "none",
-        "lora_bias": bool(config.get("lora_bias")),
-        "rank_pattern": bool(config.get("rank_pattern")),
-        "alpha_pattern": bool(config.get("alpha_pattern")),
-        "fan_in_fan_out": bool(config.get("fan_in_fan_out")),
-    }
-    if any(unsupported.values()):
-        found = ", ".join(k for k, v in unsupported.items() if v)
-        raise AdapterError(f"adapter {name!r}: {found} is not supported by the stacked LoRA backend")
-    rank, alpha = int(config["r"]), float(config["lora_alpha"])
-    scaling = alpha / rank**0.5 if config.get("use_rslora") else alpha / rank
+    rank, scaling = config.rank, config.scaling
     tensors = load_file(str(folder / "adapter_model.safetensors"), device="cpu")
     modules: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for key, a in tensors.items():
@@ -89,6 +75,8 @@ def read_lora(folder: Path, name: str) -> LoraWeights:
         b = tensors.get(key.removesuffix(_A) + _B)
         if b is None:
             raise AdapterError(f"adapter {name!r}: {path} has lora_A but no lora_B")
+        if a.shape[0] != rank or b.shape[-1] != rank:
+            raise AdapterError(f"adapter {name!r}: {path} has rank {a.shape[0]}, the config says r {rank}")
         modules[path] = (a, b)
     if not modules:
         raise AdapterError(f"adapter {name!r}: no LoRA weights found")

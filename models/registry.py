@@ -10,20 +10,21 @@ not know the prompt texts (see `ensemble.prompts`).
 """
 
 import json
-import math
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import bounded_json
+from models.adapter_config import ADAPTER_CONFIG, LoraConfig, is_finite_number, read_lora_config
 from models.errors import AdapterBaseMismatchError, AdapterError, AdapterNotFoundError, UnknownAdapterError
 
 MANIFEST_NAME = "qa_adapter.json"
 FORMAT_VERSION = 1
-ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 RESERVED_NAMES = frozenset({"base", "__base__"})
 """Clients say "base" for the base model alone (and peft says "__base__"): no adapter may take those names."""
@@ -70,12 +71,7 @@ class AdapterManifest:
                 raise AdapterError(f"manifest field {name!r} must be a non-empty string, got {value!r}")
         _check_name(self.name, "manifest field 'name'")
         weight = self.weight
-        if (
-            isinstance(weight, bool)
-            or not isinstance(weight, int | float)
-            or not math.isfinite(weight)
-            or weight <= 0
-        ):
+        if not is_finite_number(weight) or weight <= 0:
             raise AdapterError(f"manifest field 'weight' must be a positive number, got {weight!r}")
         if not isinstance(self.training, dict):
             raise AdapterError(
@@ -88,10 +84,11 @@ class AdapterManifest:
 
     @classmethod
     def from_json(cls, text: str, *, source: str = MANIFEST_NAME) -> "AdapterManifest":
-        """Parse and validate; errors name `source` (the file) and the offending field."""
+        """Parse and validate; errors name `source` (the file, as clients may see it: never a path) and the
+        offending field."""
         try:
-            data = json.loads(text)
-        except ValueError as e:
+            data = bounded_json.loads(text, max_chars=1 << 20)
+        except ValueError as e:  # not JSON, or past bounded_json's bounds
             raise AdapterError(f"{source}: not valid JSON ({e})") from e
         if not isinstance(data, dict):
             raise AdapterError(f"{source}: expected a JSON object")
@@ -121,19 +118,27 @@ def write_manifest(folder: Path, manifest: AdapterManifest) -> Path:
 
 
 def read_manifest(folder: Path) -> AdapterManifest:
+    """The folder's manifest; errors name the adapter (the folder's name), never the server's path."""
     path = Path(folder) / MANIFEST_NAME
+    where = f"adapter {Path(folder).name!r}"
     if not path.is_file():
-        raise AdapterError(f"adapter folder {folder} has no {MANIFEST_NAME}")
-    return AdapterManifest.from_json(path.read_text(encoding="utf-8"), source=str(path))
+        raise AdapterError(f"{where} has no {MANIFEST_NAME}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise AdapterError(f"{where}: {MANIFEST_NAME} is not readable UTF-8 text") from e
+    return AdapterManifest.from_json(text, source=f"{where}: {MANIFEST_NAME}")
 
 
 @dataclass(frozen=True)
 class AdapterSpec:
-    """A validated adapter: its name, its folder (server-side only) and its manifest."""
+    """A validated adapter: its name, its folder (server-side only), its manifest and its LoRA config."""
 
     name: str
     path: Path
     manifest: AdapterManifest
+    lora: LoraConfig | None = None
+    """Its `adapter_config.json` as `check_adapter_folder` read it (None: read when it is loaded)."""
 
 
 def find_adapter_folder(root: Path, name: str) -> Path:
@@ -157,8 +162,17 @@ def find_adapter_folder(root: Path, name: str) -> Path:
     return folder
 
 
-def check_adapter_folder(folder: Path, *, base_key: str, base_fingerprint: str) -> AdapterSpec:
-    """Validate one adapter folder against the served base; raise `AdapterError` naming what is wrong."""
+def check_adapter_folder(
+    folder: Path, *, base_key: str, base_fingerprint: str, prompt_styles: Collection[str] | None = None
+) -> AdapterSpec:
+    """Validate one adapter folder against the served base; raise `AdapterError` naming what is wrong.
+
+    The one check of a folder, at start (`AdapterRegistry.from_dir`) and at run time alike: the weights file
+    is safetensors, the LoRA config is one serving runs (`models.adapter_config`), the manifest is valid, for
+    this base and (given `prompt_styles`, the registry of `ensemble.prompts`) names a known prompt style.
+    The weights themselves are checked against the config and the model when they are loaded
+    (`models.weights`). Messages name the adapter, never a path.
+    """
     name = folder.name
     _check_name(name, "adapter folder name")
     if not (folder / ADAPTER_WEIGHTS).is_file():
@@ -169,18 +183,7 @@ def check_adapter_folder(folder: Path, *, base_key: str, base_fingerprint: str) 
             else ""
         )
         raise AdapterError(f"adapter {name!r} has no {ADAPTER_WEIGHTS}{hint}")
-    try:
-        peft_config = json.loads((folder / ADAPTER_CONFIG).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AdapterError(f"adapter {name!r} has no {ADAPTER_CONFIG}") from None
-    except ValueError as e:
-        raise AdapterError(f"adapter {name!r}: {ADAPTER_CONFIG} is not valid JSON ({e})") from e
-    if not isinstance(peft_config, dict) or peft_config.get("peft_type") != "LORA":
-        raise AdapterError(
-            f"adapter {name!r}: {ADAPTER_CONFIG} must describe a LoRA adapter (peft_type LORA)"
-        )
-    if peft_config.get("use_dora"):
-        raise AdapterError(f"adapter {name!r}: DoRA adapters cannot run in mixed-adapter batches")
+    lora = read_lora_config(folder, name)
     manifest = read_manifest(folder)
     if manifest.name != name:
         raise AdapterError(f"adapter folder {name!r} has a manifest named {manifest.name!r}; they must match")
@@ -190,7 +193,12 @@ def check_adapter_folder(folder: Path, *, base_key: str, base_fingerprint: str) 
             f"(fingerprint {manifest.base_fingerprint[:12]}), but the served base is {base_key!r} "
             f"(fingerprint {base_fingerprint[:12]})"
         )
-    return AdapterSpec(name=name, path=folder, manifest=manifest)
+    if prompt_styles is not None and manifest.prompt_style not in prompt_styles:
+        raise AdapterError(
+            f"adapter {name!r}: {MANIFEST_NAME} field 'prompt_style' is {manifest.prompt_style!r}; known: "
+            f"{', '.join(sorted(prompt_styles))}"
+        )
+    return AdapterSpec(name=name, path=folder, manifest=manifest, lora=lora)
 
 
 class AdapterRegistry:
@@ -201,14 +209,23 @@ class AdapterRegistry:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_dir(cls, root: Path, *, base_key: str, base_fingerprint: str) -> "AdapterRegistry":
+    def from_dir(
+        cls,
+        root: Path,
+        *,
+        base_key: str,
+        base_fingerprint: str,
+        prompt_styles: Collection[str] | None = None,
+    ) -> "AdapterRegistry":
         """Every subfolder of `root` (hidden ones skipped) must be a valid adapter for this base."""
         root = Path(root)
         if not root.is_dir():
             raise AdapterError(f"adapters directory {root} does not exist")
         specs = {}
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            spec = check_adapter_folder(folder, base_key=base_key, base_fingerprint=base_fingerprint)
+            spec = check_adapter_folder(
+                folder, base_key=base_key, base_fingerprint=base_fingerprint, prompt_styles=prompt_styles
+            )
             specs[spec.name] = spec
         return cls(specs)
 
@@ -217,7 +234,7 @@ class AdapterRegistry:
         with self._lock:
             known = self._specs.get(spec.name)
             if known is not None and known.path != spec.path:
-                raise AdapterError(f"adapter {spec.name!r} is already registered from {known.path}")
+                raise AdapterError(f"adapter {spec.name!r} is already registered from another folder")
             self._specs[spec.name] = spec
 
     def remove(self, name: str) -> None:

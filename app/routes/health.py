@@ -1,4 +1,5 @@
-"""Liveness (`/healthz`: the process answers) and readiness (`/readyz`: the model is loaded)."""
+"""Liveness (`/healthz`: the process answers) and readiness (`/readyz`: the model is loaded; adapters taken
+out of service at run time are listed, and the service stays ready while the others answer)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ def readyz(service: ServiceDep) -> JSONResponse:
         model=service.settings.model,
         device=service.device,
         adapters=service.adapter_names(),
+        faulty_adapters=service.faulty_adapters(),
         detail=service.error,
     )
     return JSONResponse(status_code=200 if service.status == "ready" else 503, content=body.model_dump())

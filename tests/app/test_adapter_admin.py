@@ -5,6 +5,7 @@ into the folder afterwards. After every refusal the served adapters still answer
 no trace of the refused one.
 """
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -146,3 +147,59 @@ def test_a_bad_manifest_is_refused(admin, folder, tiny_adapters_dir):
     target = add_adapter(tiny_adapters_dir, folder, "noname")
     (target / "qa_adapter.json").write_text("{not json")
     refused(admin, "noname", "invalid_adapter", "not valid JSON")
+
+
+BIG_INT = "4" * 5_000
+
+
+def set_config(target: Path, **changes: object) -> None:
+    config = json.loads((target / "adapter_config.json").read_text())
+    (target / "adapter_config.json").write_text(json.dumps({**config, **changes}))
+
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # conftest's
+DEEP = "[" * 100_000 + "]" * 100_000
+# (what to do to a copy of a good adapter, error_type, words of the message): a config that disagrees with its
+# weights or the base, or one serving cannot run, is refused at load, never left to fail every request.
+BAD_ADAPTERS = [
+    (lambda t: set_config(t, r=8), "invalid_adapter", "says r 8"),  # the tensors are rank 4
+    (lambda t: set_config(t, r=2), "invalid_adapter", "says r 2"),
+    (lambda t: set_config(t, r=True), "invalid_adapter", "field 'r'"),
+    (lambda t: set_config(t, r=0), "invalid_adapter", "field 'r'"),
+    (lambda t: set_config(t, lora_alpha=1e30), "invalid_adapter", "scales LoRA"),
+    (lambda t: set_config(t, lora_alpha=-8), "invalid_adapter", "field 'lora_alpha'"),
+    (lambda t: set_config(t, lora_alpha="8"), "invalid_adapter", "field 'lora_alpha'"),
+    (lambda t: set_config(t, target_modules=[*LORA_TARGETS, "nope_proj"]), "invalid_adapter", "nope_proj"),
+    (lambda t: set_config(t, target_modules=["q_proj"]), "invalid_adapter", "does not target"),
+    (lambda t: set_config(t, target_modules=".*nope"), "invalid_adapter", "does not target"),
+    (lambda t: set_config(t, target_modules=[]), "invalid_adapter", "target_modules"),
+    (lambda t: set_config(t, modules_to_save=["lm_head"]), "invalid_adapter", "modules_to_save"),
+    (lambda t: set_config(t, layers_to_transform=[0]), "invalid_adapter", "layers_to_transform"),
+    (lambda t: set_config(t, use_dora=True), "invalid_adapter", "DoRA"),
+    (lambda t: set_config(t, peft_type="IA3"), "invalid_adapter", "peft_type LORA"),
+    (lambda t: (t / "adapter_config.json").write_text(DEEP), "invalid_adapter", "not valid JSON"),
+    (lambda t: (t / "adapter_config.json").write_text('{"r": ' + BIG_INT + "}"), "invalid_adapter", "JSON"),
+    (lambda t: (t / "adapter_config.json").unlink(), "invalid_adapter", "has no adapter_config.json"),
+    (lambda t: (t / "qa_adapter.json").write_text(DEEP), "invalid_adapter", "not valid JSON"),
+    (lambda t: (t / "qa_adapter.json").write_text("[" + BIG_INT + "]"), "invalid_adapter", "JSON"),
+    (lambda t: (t / "qa_adapter.json").write_bytes(b"\xff\xfe"), "invalid_adapter", "UTF-8"),
+    (lambda t: (t / "qa_adapter.json").unlink(), "invalid_adapter", "has no qa_adapter.json"),
+    (lambda t: set_manifest(t, prompt_style="no-such-style"), "invalid_adapter", "prompt_style"),
+    (lambda t: set_manifest(t, weight=10**400), "invalid_adapter", "weight"),
+]
+
+
+def set_manifest(target: Path, **changes: object) -> None:
+    data = json.loads((target / "qa_adapter.json").read_text())
+    (target / "qa_adapter.json").write_text(json.dumps({**data, **changes}))
+
+
+@pytest.mark.parametrize(("spoil", "error_type", "words"), BAD_ADAPTERS)
+def test_a_config_that_cannot_serve_is_refused_without_a_path(
+    admin, folder, tiny_adapters_dir, spoil, error_type, words
+):
+    target = add_adapter(tiny_adapters_dir, folder, "spoilt")
+    spoil(target)
+    response = admin.post("/adapters/spoilt/load")
+    assert str(folder.parent) not in response.text and "/tmp" not in response.text  # names, never paths
+    refused(admin, "spoilt", error_type, words)

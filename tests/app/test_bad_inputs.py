@@ -63,6 +63,9 @@ ANSWER_FIELDS = [
     ({**OK, "decoding": {"max_new_tokens": "three"}}, 422, "validation_error", "decoding.max_new_tokens"),
     ({**OK, "decoding": {"max_new_tokens": 2.5}}, 422, "validation_error", "decoding.max_new_tokens"),
     ({**OK, "decoding": {"num_beams": -1}}, 422, "validation_error", "decoding.num_beams"),
+    ({**OK, "decoding": {"num_beams": True}}, 422, "validation_error", "decoding.num_beams"),  # not 1
+    ({**OK, "decoding": {"max_new_tokens": False}}, 422, "validation_error", "decoding.max_new_tokens"),
+    ({**OK, "decoding": {"temperature": True}}, 422, "validation_error", "decoding.temperature"),
     ({**OK, "explain": None}, 422, "validation_error", "explain"),
     ({**OK, "context": "가" * 2_001}, 413, "payload_too_large", "context"),  # huge field
     ({**OK, "question": "q" * 201}, 413, "payload_too_large", "question"),
@@ -117,7 +120,39 @@ BATCH_BODIES = [
     ({"rows": [{"id": "a", "context": "c\ud800", "question": "q"}]}, 422, "invalid_rows"),
 ]
 
-CORPUS_SIZE = len(ANSWER_BODIES) + len(ANSWER_FIELDS) + len(ODD_TEXT) + len(BATCH_FILES) + len(BATCH_BODIES)
+# JSON past `bounded_json`'s bounds, anywhere JSON is read: nested 100,000 deep (json.loads: RecursionError),
+# 200 deep (parsed by json.loads, past MAX_DEPTH), an integer of 5,000 digits (json.loads: ValueError).
+DEEP, DEEPISH, BIG_INT = b"[" * 100_000 + b"]" * 100_000, b"[" * 200 + b"]" * 200, b"1" * 5_000
+ROW = b'{"id": "a", "context": "c", "question": "q"'
+# (raw JSON body, status, error_type) for POST /answer and POST /batch
+DEEP_BODIES = [
+    (DEEP, 422, "validation_error"),
+    (b'{"rows": ' + DEEP + b"}", 422, "validation_error"),
+    (b'{"rows": [' + ROW + b', "extra": ' + DEEPISH + b"}]}", 422, "validation_error"),
+    (b'{"rows": [' + ROW + b"}], " + b'"decoding": {"seed": ' + BIG_INT + b"}}", 422, "validation_error"),
+    (b'{"rows": [{"id": ' + BIG_INT + b', "context": "c", "question": "q"}]}', 422, "validation_error"),
+]
+# (uploaded bytes, file name, field) for POST /batch: each 422 invalid_file
+DEEP_FILES = [
+    (b'{"data": ' + DEEP + b"}", "t.json", "file"),  # SQuAD
+    (b'{"data": ' + DEEPISH + b"}", "t.json", "file"),
+    (b'{"data": [{"paragraphs": [{"context": "c", "qas": [{"id": ' + BIG_INT + b"}]}]}]}", "t.json", "file"),
+    (ROW + b"}\n" + DEEP + b"\n", "t.jsonl", "file"),  # JSON Lines
+    (ROW + b', "answers": ' + DEEPISH + b"}\n", "t.jsonl", "file"),
+    (ROW + b', "x": ' + BIG_INT + b"}\n", "t.jsonl", "file"),
+    # a CSV cell parsed as JSON (5,000 deep: the csv module's own cell limit refuses DEEP's 200,000 chars)
+    (b"id,context,question,answers\na,c,q," + b"[" * 5_000 + b"]" * 5_000 + b"\n", "t.csv", "answers"),
+    (b"id,context,question,answers\na,c,q,[" + BIG_INT + b"]\n", "t.csv", "answers"),
+    (DEEP, "t.txt", "file"),  # format auto-detection reads the first line
+    (b"[" + BIG_INT + b"]", "upload", "file"),
+]
+# (form field value) for POST /batch with a good file: each 422 validation_error naming `decoding`
+DEEP_FORM_FIELDS = [DEEP, DEEPISH, b'{"seed": ' + BIG_INT + b"}"]
+
+CORPUS_SIZE = (
+    len(ANSWER_BODIES) + len(ANSWER_FIELDS) + len(ODD_TEXT) + len(BATCH_FILES) + len(BATCH_BODIES)
+    + len(DEEP_BODIES) * 2 + len(DEEP_FILES) + len(DEEP_FORM_FIELDS)
+)
 
 
 def check(response, status: int, error_type: str | None, field: str | None = None) -> None:
@@ -161,3 +196,32 @@ def test_batch_bodies(client, body, status, error_type):
 
 def test_the_server_still_answers_after_the_corpus(client):
     check(client.post("/answer", json=OK), 200, None)
+
+
+@pytest.mark.parametrize(("raw", "status", "error_type"), DEEP_BODIES)
+def test_json_past_its_bounds_is_refused_by_batch(client, raw, status, error_type):
+    response = client.post("/batch", content=raw, headers=JSON)
+    check(response, status, error_type)
+    assert response.headers.get("connection") != "close"  # a 4xx keeps the connection
+
+
+@pytest.mark.parametrize(("raw", "status", "error_type"), DEEP_BODIES)
+def test_json_past_its_bounds_is_refused_by_answer(client, raw, status, error_type):
+    # FastAPI parses /answer's body itself: what json.loads cannot parse is its 400, the rest is a 422.
+    response = client.post("/answer", content=raw, headers=JSON)
+    assert response.status_code in (400, 422), response.text
+    check(response, response.status_code, "invalid_body" if response.status_code == 400 else error_type)
+
+
+@pytest.mark.parametrize(("data", "filename", "field"), DEEP_FILES)
+def test_files_past_the_json_bounds_are_refused(client, data, filename, field):
+    response = client.post("/batch", files={"file": (filename, data)})
+    check(response, 422, "invalid_file")
+    assert response.json()["detail"]["field"] == field
+
+
+@pytest.mark.parametrize("value", DEEP_FORM_FIELDS, ids=["deep", "deepish", "big-int"])
+def test_a_form_field_past_the_json_bounds_is_refused(client, value):
+    upload = {"file": ("t.csv", HEADER + b"a,c,q\n")}
+    response = client.post("/batch", files=upload, data={"decoding": value.decode()})
+    check(response, 422, "validation_error", "decoding")

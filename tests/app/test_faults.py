@@ -95,6 +95,70 @@ def test_oom_fails_only_the_rows_it_hits_in_a_batch(app_client, monkeypatch):
     assert body["rows"][0]["error"] is None and body["rows"][2]["error"] is None
 
 
+def inject_adapter_fault(monkeypatch, client: TestClient, bad: str) -> None:
+    """Rows of adapter `bad` fail in the forward as a config that disagrees with its weights did (RuntimeError
+    from the stacked matmuls), with server internals in the message."""
+    stacked = client.app.state.service.engine().generator._stacked
+    real = stacked.set_rows
+
+    def set_rows(adapters, repeat=1):
+        if bad in adapters:
+            raise RuntimeError("The size of tensor a (8) must match the size of tensor b (4) at /srv/secret")
+        return real(adapters, repeat=repeat)
+
+    monkeypatch.setattr(stacked, "set_rows", set_rows)
+
+
+def test_an_adapter_failing_at_run_time_is_isolated_and_reported(app_client, monkeypatch):
+    inject_adapter_fault(monkeypatch, app_client, "beta")
+    response = app_client.post("/answer", json={**ASK, "explain": True})
+    assert response.status_code == 200, response.text
+    assert {c["adapter"] for c in response.json()["candidates"]} == {"alpha", "gamma"}  # the rest answer
+    ready = app_client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["adapters"] == ["alpha", "gamma"]
+    assert list(ready.json()["faulty_adapters"]) == ["beta"] and "/srv" not in ready.text
+    assert 'qa_adapter_faulty{adapter="beta"} 1.0' in app_client.get("/metrics").text
+    named = app_client.post("/answer", json={**ASK, "adapters": ["beta"]})
+    assert named.status_code == 422 and named.json()["error_type"] == "unknown_adapter"
+    rows = [{"id": f"r{i}", "context": "비는 오후에 그친다.", "question": "언제?"} for i in range(3)]
+    batch = app_client.post("/batch", json={"rows": rows, "decoding": GREEDY, "prompts": ["zero-shot"]})
+    assert batch.status_code == 200 and batch.json()["failed_rows"] == 0, batch.text
+    monkeypatch.undo()
+    assert app_client.post("/adapters/beta/load").json()["status"] == "loaded"  # load again to retry it
+    assert app_client.get("/readyz").json()["faulty_adapters"] == {}
+
+
+def test_an_adapter_that_fails_alone_is_isolated_too(app_client, monkeypatch):
+    inject_adapter_fault(monkeypatch, app_client, "gamma")
+    alone = app_client.post("/answer", json={**ASK, "adapters": ["gamma"]})
+    assert alone.status_code == 422 and alone.json()["error_type"] == "no_candidates", alone.text
+    assert "/srv" not in alone.text
+    assert list(app_client.get("/readyz").json()["faulty_adapters"]) == ["gamma"]
+    monkeypatch.undo()
+    assert app_client.post("/adapters/gamma/load").json()["status"] == "loaded"
+
+
+def test_a_row_that_fails_unexpectedly_leaks_nothing(app_client, monkeypatch):
+    generator = app_client.app.state.service.engine().generator
+    real = generator.generate
+
+    def generate(prompts, adapters, **kwargs):
+        if any(POISON in str(p) for p in prompts):
+            raise RuntimeError("boom in /srv/secret/models/generator.py line 12")
+        return real(prompts, adapters, **kwargs)
+
+    monkeypatch.setattr(generator, "generate", generate)
+    rows = [
+        {"id": "a", "context": "비는 오후에 그친다.", "question": "언제?"},
+        {"id": "b", "context": f"{POISON} 문맥.", "question": "무엇?"},
+    ]
+    response = app_client.post("/batch", json={"rows": rows, "decoding": GREEDY, "prompts": ["zero-shot"]})
+    assert response.status_code == 200, response.text
+    failed = response.json()["rows"][1]
+    assert failed["error"].startswith("internal error") and "/srv" not in response.text
+    assert "RuntimeError" not in failed["error"] and response.json()["rows"][0]["error"] is None
+
+
 # -- disconnects, on a real socket --------------------------------------------------------------------------
 @contextmanager
 def threaded_server(app) -> Iterator[int]:

