@@ -236,3 +236,21 @@ def test_step_profile_splits_a_step_by_kind(tmp_path) -> None:
     assert step_profile.kind_of("_shrink_kernel") == "stacked LoRA (models.lora_kernel)"
     softmax = "void at::native::cunn_SoftMaxForward<4, float>"
     assert step_profile.kind_of(softmax) == "log-softmax of the logits"
+
+
+def test_training_curves_tabulates_and_plots_each_member(tmp_path, capsys) -> None:
+    from bench import training_curves
+
+    log = tmp_path / "m1.train_log.jsonl"
+    events = [
+        {"event": "eval", "step": 0, "epoch": 0.0, "f1": 60.0},
+        {"event": "step", "step": 1, "epoch": 0.05, "loss": 0.7},
+        {"event": "eval", "step": 2, "epoch": 0.1, "f1": 73.5},
+    ]
+    log.write_text("".join(json.dumps(e) + "\n" for e in events), encoding="utf-8")
+    assert training_curves.main([str(log), "--out", str(tmp_path / "out")]) == 0
+    table = capsys.readouterr().out
+    assert "| m1 | 60.0 | 73.5 | 73.5 |" in table
+    assert (tmp_path / "out" / "training_curves.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "out" / "training_curves.json").read_text("utf-8"))
+    assert saved["m1"]["f1"] == [[0.0, 60.0], [0.1, 73.5]] and saved["m1"]["loss"] == [[0.05, 0.7]]
