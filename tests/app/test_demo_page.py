@@ -42,6 +42,10 @@ def server(start_server, tiny_model_dir: Path, tiny_adapters_dir: Path, tmp_path
             "QA_ADAPTERS_DIR": str(tiny_adapters_dir),
             "QA_CACHE_DIR": str(tmp_path / "cache"),
             "QA_DEFAULT_MAX_NEW_TOKENS": "3",
+            # The GPU's plan on the 3 adapters (18 candidates), as the screenshot shows it.
+            "QA_DEFAULT_PROMPTS": "zero-shot,principled",
+            "QA_DEFAULT_STRATEGY": "beam",
+            "QA_DEFAULT_MEMBERS": "3",
             "QA_BATCH_SYNC_MAX_ROWS": "2",
             "QA_API_KEY": "demo-secret",
             "QA_LOG_LEVEL": "warning",
