@@ -113,7 +113,7 @@ class QAService:
             quantization=s.quantization,
             dtype=s.dtype,
             max_input_tokens=s.max_input_tokens,
-            default_prompts=self.default_prompts(),
+            default_prompts=self._plan.prompts,
             default_decoding=self._defaults(),
             lora_backend=s.lora_backend,
             compile=s.compile,
@@ -124,7 +124,7 @@ class QAService:
             warmup=s.warmup,
             max_resident_adapters=s.max_resident_adapters,
             pinned_adapters=tuple(s.pinned_adapters),
-            default_members=s.default_members or self._device_defaults.members,
+            default_members=self._plan.members,
         )
 
     def load(self) -> None:
@@ -171,28 +171,28 @@ class QAService:
         return self._engine.adapter_names if self._engine else []
 
     @functools.cached_property
-    def _device_defaults(self) -> PlanDefaults:
-        """The default plan of the device the model will run on (`ensemble.plan.DEVICE_DEFAULTS`)."""
-        return plan_defaults(LoadConfig(device=self.settings.device).resolved_device())
-
-    def default_prompts(self) -> tuple[str, ...]:
-        """The prompts of a request that names none: the setting, else the device's default."""
-        prompts = self.settings.default_prompts
-        return tuple(prompts) if prompts else self._device_defaults.prompts
+    def _plan(self) -> PlanDefaults:
+        """The plan of a request that names none: the settings, each unset one by the device the model
+        runs on (`ensemble.plan.DEVICE_DEFAULTS`)."""
+        s = self.settings
+        return plan_defaults(LoadConfig(device=s.device).resolved_device()).overridden(
+            prompts=s.default_prompts,
+            strategy=s.default_strategy,
+            num_beams=s.default_num_beams,
+            members=s.default_members,
+        )
 
     def faulty_adapters(self) -> dict[str, str]:
         """Adapters the generator took out of service at run time (their rows failed), with why."""
         return self._engine.generator.faulty_adapters if self._engine else {}
 
     def _defaults(self) -> Decoding:
-        """The decoding of a request that names none: the settings, each unset one by the device."""
-        s, device = self.settings, self._device_defaults
-        strategy = s.default_strategy or device.strategy
-        beams = s.default_num_beams or (device.num_beams if device.strategy == "beam" else DEFAULT_NUM_BEAMS)
+        """The decoding of a request that names none."""
+        plan = self._plan
         return Decoding(
-            strategy=strategy,
-            num_beams=beams if strategy == "beam" else 1,
-            max_new_tokens=s.default_max_new_tokens,
+            strategy=plan.strategy,
+            num_beams=plan.num_beams,
+            max_new_tokens=self.settings.default_max_new_tokens,
         )
 
     # -- answering -----------------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ class QAService:
             raise RequestLimitError(
                 "adapters", f"{n_adapters} adapters at once; this server keeps at most {capacity} resident"
             )
-        n_prompts = len(names) if names is not None else len(self.default_prompts())
+        n_prompts = len(names) if names is not None else len(self._plan.prompts)
         n_candidates = n_members * n_prompts * resolved.n_outputs
         if n_candidates > s.max_candidates_limit:
             raise RequestLimitError(

@@ -34,6 +34,25 @@ class PlanDefaults:
     members: int | None = None
     """At most this many served members (the best by held-out validation F1); None: all of them."""
 
+    def overridden(
+        self,
+        *,
+        prompts: tuple[str, ...] | None = None,
+        strategy: Strategy | None = None,
+        num_beams: int | None = None,
+        members: int | None = None,
+    ) -> PlanDefaults:
+        """These defaults with what an operator or a flag set (None keeps the default): a strategy other
+        than beam runs one beam; beam search asked for without a width gets DEFAULT_NUM_BEAMS."""
+        strategy = strategy or self.strategy
+        beams = num_beams or (self.num_beams if self.strategy == "beam" else DEFAULT_NUM_BEAMS)
+        return PlanDefaults(
+            prompts=tuple(prompts) if prompts else self.prompts,
+            strategy=strategy,
+            num_beams=beams if strategy == "beam" else 1,
+            members=members or self.members,
+        )
+
 
 DEVICE_DEFAULTS: dict[str, PlanDefaults] = {
     # Every served member x 2 prompts x 3 beams (docs/benchmarks.md, session 7).

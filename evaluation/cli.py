@@ -21,13 +21,13 @@ import argparse
 import logging
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 
 from ensemble.datasets import DataFormatError, read_predictions
 from ensemble.metric import ScoringError, score_predictions
-from ensemble.plan import DEVICE_DEFAULTS, Decoding, plan_defaults
+from ensemble.plan import DEVICE_DEFAULTS, Decoding, PlanDefaults, plan_defaults
 from ensemble.prompts import PROMPT_STYLES
 from evaluation.selection import load_split, read_ids, select
 from models.sources import DEFAULT_MODEL
@@ -57,6 +57,15 @@ def _prompts(text: str) -> tuple[str, ...]:
     return names
 
 
+def _by_device(value: Callable[[PlanDefaults], str]) -> str:
+    """A flag's help tail naming the service's default on each device (ensemble.plan.DEVICE_DEFAULTS)."""
+    return (
+        "(default: the service's for the device: "
+        + "; ".join(f"{device}: {value(plan)}" for device, plan in DEVICE_DEFAULTS.items())
+        + ")"
+    )
+
+
 def _score(args: argparse.Namespace) -> int:
     examples = load_split(args.data, args.split)
     gold = {ex.id: list(ex.answers) for ex in examples}
@@ -81,15 +90,11 @@ def _run(args: argparse.Namespace) -> int:
         raise DataFormatError(f"no questions in {args.data} (split {args.split})")
     from models.loading import LoadConfig
 
-    device = plan_defaults(LoadConfig(device=args.device).resolved_device())
-    prompts = args.prompts or device.prompts
-    num_beams = args.num_beams or (device.num_beams if device.strategy == "beam" else 1)
-    beam = num_beams > 1
-    decoding = Decoding(
-        strategy="beam" if beam else "greedy",
-        num_beams=num_beams if beam else 1,
-        max_new_tokens=args.max_new_tokens,
+    strategy = None if args.num_beams is None else "beam" if args.num_beams > 1 else "greedy"
+    plan = plan_defaults(LoadConfig(device=args.device).resolved_device()).overridden(
+        prompts=args.prompts, strategy=strategy, num_beams=args.num_beams, members=args.members
     )
+    decoding = Decoding(strategy=plan.strategy, num_beams=plan.num_beams, max_new_tokens=args.max_new_tokens)
     engine = EngineConfig(
         model=args.model,
         cache_dir=args.cache_dir,
@@ -99,8 +104,8 @@ def _run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         decoder=args.decoder,
         max_input_tokens=args.max_input_tokens,
-        default_prompts=prompts,
-        default_members=args.members or device.members,
+        default_prompts=plan.prompts,
+        default_members=plan.members,
         default_decoding=decoding,
     )
     out = args.out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -207,26 +212,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts",
         type=_prompts,
         default=None,
-        help="comma-separated prompt styles (default: the service's for the device: "
-        + "; ".join(f"{d}: {','.join(p.prompts)}" for d, p in DEVICE_DEFAULTS.items())
-        + ")",
+        help="comma-separated prompt styles " + _by_device(lambda p: ",".join(p.prompts)),
     )
     run.add_argument(
         "--num-beams",
         type=_positive,
         default=None,
-        help="beams and outputs per prompt; 1 = greedy (default: the service's for the device: "
-        + "; ".join(f"{d}: {p.num_beams}" for d, p in DEVICE_DEFAULTS.items())
-        + ")",
+        help="beams and outputs per prompt; 1 = greedy " + _by_device(lambda p: str(p.num_beams)),
     )
     run.add_argument(
         "--members",
         type=_positive,
         metavar="N",
-        help="at most N adapters in the ensemble, the best by held-out validation F1 (default: the "
-        "service's for the device: "
-        + "; ".join(f"{d}: {p.members or 'all'}" for d, p in DEVICE_DEFAULTS.items())
-        + ")",
+        help="at most N adapters in the ensemble, the best by held-out validation F1 "
+        + _by_device(lambda p: str(p.members or "all")),
     )
     run.add_argument(
         "--max-new-tokens",
