@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import uvicorn
 
 TINY_ADAPTERS = {"alpha": 1, "beta": 2, "gamma": 3}
 """Adapter name -> the seed of its random LoRA weights."""
@@ -78,6 +80,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@contextmanager
+def served(config: uvicorn.Config) -> Iterator[int]:
+    """A uvicorn server on `config` in a thread of this process, its port while it runs."""
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    try:
+        yield config.port
+    finally:
+        server.should_exit = True
+        thread.join(30)
 
 
 class ServerProcess:

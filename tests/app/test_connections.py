@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 
 import httpx
 import pytest
@@ -21,25 +20,9 @@ from fastapi.testclient import TestClient
 from app.cli import uvicorn_config
 from app.main import build_app
 from app.settings import ServiceSettings
-from tests.conftest import free_port
+from tests.conftest import free_port, served
 
 ASK = {"context": "비는 오후에 그친다.", "question": "비는 언제?", "decoding": {"strategy": "greedy"}}
-
-
-@contextmanager
-def served(config: uvicorn.Config) -> Iterator[int]:
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield config.port
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 def read_all(sock: socket.socket) -> bytes:

@@ -12,7 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import httpx
@@ -23,6 +23,7 @@ from fastapi.testclient import TestClient
 
 from app.main import build_app
 from app.settings import ServiceSettings
+from tests.conftest import free_port, served
 
 GREEDY = {"strategy": "greedy", "max_new_tokens": 3}
 ASK = {
@@ -160,23 +161,8 @@ def test_a_row_that_fails_unexpectedly_leaks_nothing(app_client, monkeypatch):
 
 
 # -- disconnects, on a real socket --------------------------------------------------------------------------
-@contextmanager
-def threaded_server(app) -> Iterator[int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.05)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(30)
+def threaded_server(app) -> AbstractContextManager[int]:
+    return served(uvicorn.Config(app, host="127.0.0.1", port=free_port(), log_level="warning"))
 
 
 def raw_request(port: int, body: bytes, *, send: int | None = None) -> socket.socket:

@@ -35,6 +35,16 @@ def status(job_id: str, state: str, **extra) -> JobStatusResponse:
     )
 
 
+def submit_and_finish(client, rows: list[dict], timeout: float = 60.0) -> str:
+    """POST the rows as a batch job over HTTP and wait until it is done; returns its id."""
+    job_id = client.post("/batch", json={"rows": rows}).json()["job_id"]
+    deadline = time.monotonic() + timeout
+    while client.get(f"/batch/{job_id}").json()["status"] != "done":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return job_id
+
+
 def wait_for(manager: JobManager, job_id: str, states: tuple[str, ...], timeout: float = 10.0) -> str:
     deadline = time.monotonic() + timeout
     while (state := manager.status(job_id).status) not in states:
@@ -155,11 +165,7 @@ def test_a_job_result_survives_an_app_restart(tiny_settings: ServiceSettings, tm
     )
     rows = [{"id": f"r{i}", "context": "비는 오후에 그친다.", "question": "비는 언제?"} for i in range(3)]
     with TestClient(build_app(settings)) as client:
-        job_id = client.post("/batch", json={"rows": rows}).json()["job_id"]
-        deadline = time.monotonic() + 60
-        while client.get(f"/batch/{job_id}").json()["status"] != "done":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        job_id = submit_and_finish(client, rows)
         before = client.get(f"/batch/{job_id}/result").json()
     with TestClient(build_app(settings)) as client:
         assert client.get(f"/batch/{job_id}").json()["status"] == "done"
@@ -222,11 +228,7 @@ def test_too_many_jobs_over_http_is_429_with_the_retention_wait(
     )
     rows = [{"id": "r0", "context": "비는 오후에 그친다.", "question": "비는 언제?"}]
     with TestClient(build_app(settings)) as client:
-        job_id = client.post("/batch", json={"rows": rows}).json()["job_id"]
-        deadline = time.monotonic() + 60
-        while client.get(f"/batch/{job_id}").json()["status"] != "done":
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        job_id = submit_and_finish(client, rows)
         refused = client.post("/batch", json={"rows": rows})
         assert refused.status_code == 429 and refused.json()["error_type"] == "too_many_jobs", refused.text
         assert 110 <= int(refused.headers["Retry-After"]) <= 120
