@@ -48,6 +48,23 @@ class CandidateGenerator(Protocol):
         ...
 
 
+@runtime_checkable
+class CandidateScorer(Protocol):
+    """What a likelihood vote (``VoteConfig.needs_likelihoods``) needs besides generation."""
+
+    def score(
+        self,
+        prompts: Sequence[str | list[dict[str, str]]],
+        adapters: Sequence[str | None],
+        continuations: Sequence[Sequence[str]],
+    ) -> list[list[tuple[float, int]]]:
+        """Per prompt row, per continuation text: (sum of log-probabilities, tokens scored) of the text
+        followed by the end-of-answer token, teacher-forced after the row's prompt under its adapter (None:
+        the base). Every row is one prompt's single prefill with all its continuations behind it; rows run
+        as few mixed-adapter batches. An empty continuation scores the end-of-answer token alone."""
+        ...
+
+
 @dataclass(frozen=True)
 class QARequest:
     """One question; None fields fall back to the pipeline's defaults (an empty tuple does not)."""

@@ -13,12 +13,28 @@ import re
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import numpy as np
 from rapidfuzz import fuzz, process
 
 from ensemble.errors import InvalidVoteConfigError, NoCandidatesError
 from ensemble.plan import BASE_MEMBER_NAME
+
+
+@dataclass(frozen=True)
+class Likelihood:
+    """A candidate text's teacher-forced log-probability under one (member, prompt) row of the plan: the
+    text's tokens and the end-of-answer token after the row's prompt (`CandidateScorer.score`)."""
+
+    member: str
+    """The scoring member's name (``BASE_MEMBER_NAME`` for the base model)."""
+    prompt: str
+    """The prompt style the text was scored after."""
+    logprob: float
+    """Sum of the tokens' log-probabilities (natural log, <= 0)."""
+    tokens: int
+    """How many tokens were scored (the text's and the end-of-answer token), >= 1."""
 
 
 @dataclass(frozen=True)
@@ -41,11 +57,19 @@ class Candidate:
     """The member's vote weight."""
     grounded: bool
     """Whether ``text`` is a span of the context."""
+    likelihoods: tuple[Likelihood, ...] = ()
+    """``text`` scored under every (member, prompt) row of the plan (empty when the vote's rule needs no
+    scores): the evidence of every member, not only of the one that produced it."""
 
 
 @dataclass(frozen=True)
 class VoteConfig:
     """How candidates are weighted and when two texts count as the same answer."""
+
+    rule: Literal["count", "likelihood"] = "count"
+    """"count": the heaviest cluster of weighted candidates wins (weights from member, beam rank and
+    grounding). "likelihood": every distinct text is scored under every (member, prompt) row of the plan
+    (``Candidate.likelihoods``) and the evidence decides (see ``vote``)."""
 
     threshold: float = 80.0
     """Similarity (0-100) to a cluster's first member needed to join it. One edit in a 5-character answer
@@ -69,7 +93,14 @@ class VoteConfig:
     """Similarity is scaled by this when both texts contain numbers and the numbers differ: "1988년" and
     "1989년" are one edit apart but different answers."""
 
+    @property
+    def needs_likelihoods(self) -> bool:
+        """Does this rule need every candidate scored under every row (a teacher-forced pass)?"""
+        return self.rule == "likelihood"
+
     def __post_init__(self) -> None:
+        if self.rule not in ("count", "likelihood"):
+            raise InvalidVoteConfigError("vote.rule", f"must be 'count' or 'likelihood'; got {self.rule!r}")
         for name in ("threshold", "containment_factor", "number_mismatch_factor", "containment_min_ratio"):
             value = getattr(self, name)
             limit = 100.0 if name == "threshold" else 1.0
