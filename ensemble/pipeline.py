@@ -74,6 +74,8 @@ class QARequest:
     members: tuple[Member, ...] | None = None
     prompts: tuple[str, ...] | None = None
     decoding: Decoding | None = None
+    vote: VoteConfig | None = None
+    """How this request's candidates are voted; None: the pipeline's ``config.vote``."""
 
 
 @dataclass(frozen=True)
@@ -195,7 +197,10 @@ class EnsemblePipeline:
                         self._candidate(raw, score, rank, job.item, request.context, cache)
                     )
 
-        votes = [vote(found, self.config.vote) for found in candidates]
+        votes = [
+            vote(found, request.vote or self.config.vote)
+            for found, request in zip(candidates, requests, strict=True)
+        ]
         self._count(requests=len(requests), candidates=sum(len(c) for c in candidates))
         return votes
 
