@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from ensemble.clean import DEFAULT_MIN_SCORE, Grounding, clean_answer, ground
 from ensemble.errors import GeneratorContractError
 from ensemble.plan import Decoding, Member, Plan, PlanItem, build_plan
-from ensemble.prompts import DEFAULT_PROMPTS, render_prompt
-from ensemble.vote import Candidate, Vote, VoteConfig, vote
+from ensemble.prompts import DEFAULT_PROMPTS, render_prompt, render_target
+from ensemble.vote import Candidate, Likelihood, Vote, VoteConfig, vote
 
 
 @runtime_checkable
@@ -101,6 +101,8 @@ class PipelineStats:
     prompts: int = 0
     """Rows sent to the generator, summed over calls."""
     candidates: int = 0
+    score_calls: int = 0
+    """`score` calls made for likelihood votes (one per request batch that needed any)."""
 
 
 @dataclass(frozen=True)
@@ -197,10 +199,14 @@ class EnsemblePipeline:
                         self._candidate(raw, score, rank, job.item, request.context, cache)
                     )
 
-        votes = [
-            vote(found, request.vote or self.config.vote)
-            for found, request in zip(candidates, requests, strict=True)
-        ]
+        configs = [request.vote or self.config.vote for request in requests]
+        scored = [i for i, config in enumerate(configs) if config.needs_likelihoods]
+        if scored:
+            jobs_of: dict[int, list[_Job]] = {}
+            for job in (job for jobs in batches.values() for job in jobs):
+                jobs_of.setdefault(job.request, []).append(job)
+            self._score([(jobs_of[i], candidates[i]) for i in scored], chat)
+        votes = [vote(found, config) for found, config in zip(candidates, configs, strict=True)]
         self._count(requests=len(requests), candidates=sum(len(c) for c in candidates))
         return votes
 
@@ -221,6 +227,44 @@ class EnsemblePipeline:
                     f"{kwargs['num_return_sequences']}",
                 )
         return outputs
+
+    def _score(self, asked: list[tuple[list[_Job], list[Candidate]]], chat: bool) -> None:
+        """Attach to every candidate its text's likelihood under every (member, prompt) row of its request's
+        plan: one `score` call for all the requests (their rows as one mixed-adapter batch), each row's prompt
+        once with all the request's distinct texts behind it. A request with one distinct text needs none."""
+        scorer = self._generator
+        if not isinstance(scorer, CandidateScorer):
+            raise GeneratorContractError(
+                "score", "the vote's rule needs likelihoods; this generator has none"
+            )
+        rows: list[tuple[int, _Job]] = []
+        texts_of: dict[int, list[str]] = {}
+        for index, (jobs, found) in enumerate(asked):
+            texts = list(dict.fromkeys(c.text for c in found))
+            if len(texts) > 1:
+                texts_of[index] = texts
+                rows += [(index, job) for job in jobs]
+        if not rows:
+            return
+        continuations = [[render_target(t, chat=chat) for t in texts_of[index]] for index, _ in rows]
+        outputs = scorer.score(
+            [job.prompt for _, job in rows], [job.item.member.adapter for _, job in rows], continuations
+        )
+        self._count(score_calls=1)
+        if len(outputs) != len(rows) or any(
+            len(out) != len(conts) for out, conts in zip(outputs, continuations, strict=True)
+        ):
+            raise GeneratorContractError("score", "returned a different number of scores than was asked")
+        evidence: dict[int, dict[str, list[Likelihood]]] = {}
+        for (index, job), out in zip(rows, outputs, strict=True):
+            table = evidence.setdefault(index, {})
+            for text, (logprob, tokens) in zip(texts_of[index], out, strict=True):
+                table.setdefault(text, []).append(
+                    Likelihood(job.item.member.name, job.item.prompt, float(logprob), int(tokens))
+                )
+        for index, table in evidence.items():
+            found = asked[index][1]
+            found[:] = [replace(c, likelihoods=tuple(table[c.text])) for c in found]
 
     def _candidate(
         self,
@@ -248,7 +292,13 @@ class EnsemblePipeline:
         )
 
     def _count(
-        self, *, requests: int = 0, generate_calls: int = 0, prompts: int = 0, candidates: int = 0
+        self,
+        *,
+        requests: int = 0,
+        generate_calls: int = 0,
+        prompts: int = 0,
+        candidates: int = 0,
+        score_calls: int = 0,
     ) -> None:
         with self._stats_lock:
             old = self._stats
@@ -257,4 +307,5 @@ class EnsemblePipeline:
                 generate_calls=old.generate_calls + generate_calls,
                 prompts=old.prompts + prompts,
                 candidates=old.candidates + candidates,
+                score_calls=old.score_calls + score_calls,
             )

@@ -39,14 +39,20 @@ from models.decoding import (
     static_cache,
 )
 from models.errors import GenerationOutOfMemoryError, PromptTooLongError
+from models.fast_paths import NAME as GROUPED_SDPA
 from models.multi_lora import StackedLora
 from models.registry import AdapterSpec
+from models.teacher_forcing import end_of_answer_id, packed_logprobs
 
 logger = logging.getLogger(__name__)
 
 BASE_ADAPTER = "__base__"
 """peft's name for "no adapter" in a mixed batch (see peft's `LoraLayer._mixed_batch_forward`)."""
 Prompt = str | list[dict[str, str]]
+SCORE_TOKENS = 16384
+"""Most tokens (rows x padded width) of one scoring forward: its 4-D mask and the tail's logits stay small."""
+SCORE_ATTENTION = frozenset({"sdpa", "eager", GROUPED_SDPA})
+"""Attention implementations that take `models.teacher_forcing`'s custom 4-D mask as it is."""
 
 
 class Generator:
@@ -111,6 +117,7 @@ class Generator:
         if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in eos_ids:
             eos_ids.append(tokenizer.eos_token_id)
         self._eos_ids = torch.tensor(eos_ids, dtype=torch.long)
+        self._end_id = end_of_answer_id(tokenizer)
         # Greedy and beams through our own loop (graphs captured on CUDA unless `cuda_graphs` is off).
         self._loop = (
             DecodeLoop(
@@ -289,6 +296,110 @@ class Generator:
         ]
         return results
 
+    def score(
+        self,
+        prompts: Sequence[Prompt],
+        adapters: Sequence[str | None],
+        continuations: Sequence[Sequence[str]],
+    ) -> list[list[tuple[float, int]]]:
+        """Per prompt row, per continuation: (sum of log-probabilities, tokens scored) of the text's tokens
+        and the end-of-answer token (`end_of_answer_id`), teacher-forced after the row's prompt under its
+        adapter; the `CandidateScorer` protocol of `ensemble/pipeline.py`.
+
+        Each prompt is in the batch once with all its continuations packed behind it
+        (`models.teacher_forcing`); rows run as mixed-adapter batches of at most `SCORE_TOKENS` tokens
+        (halved on CUDA out-of-memory). The sum is what `generate` reports as a greedy candidate's mean
+        log-probability times its length, for the same tokens.
+        """
+        if not len(prompts) == len(adapters) == len(continuations):
+            raise ValueError(
+                f"{len(prompts)} prompts, {len(adapters)} adapters and {len(continuations)} lists of "
+                "continuations"
+            )
+        if self._end_id is None:
+            raise ValueError("this tokenizer has no end-of-answer token (no chat template and no EOS)")
+        attention = self.model.config._attn_implementation
+        if attention not in SCORE_ATTENTION:
+            raise ValueError(
+                f"scoring needs a custom 4-D attention mask, which attention {attention!r} does not take "
+                f"(use one of {sorted(SCORE_ATTENTION)})"
+            )
+        prompt_ids = self._prompt_ids(prompts)
+        tails = [
+            [[*self._tokenizer(text, add_special_tokens=False)["input_ids"], self._end_id] for text in texts]
+            for texts in continuations
+        ]
+        rows = [i for i, texts in enumerate(tails) if texts]
+        sums: dict[int, list[float]] = {}
+        with self._lock:
+            self._served.prepare(adapters)
+            with torch.inference_mode():
+                for chunk in self._score_chunks(rows, prompt_ids, tails):
+                    sums.update(self._score_rows(chunk, prompt_ids, tails, adapters))
+        return [
+            [(value, len(tail)) for value, tail in zip(sums.get(i, []), tails[i], strict=False)]
+            for i in range(len(prompts))
+        ]
+
+    @staticmethod
+    def _score_chunks(
+        rows: list[int], prompt_ids: list[list[int]], tails: list[list[list[int]]]
+    ) -> list[list[int]]:
+        """Consecutive rows whose padded batch stays within `SCORE_TOKENS` (a row alone may exceed it)."""
+        chunks: list[list[int]] = []
+        current: list[int] = []
+        prompt_width = tail_width = 0
+        for row in rows:
+            width_p, width_t = len(prompt_ids[row]), sum(len(t) for t in tails[row])
+            wider_p, wider_t = max(prompt_width, width_p), max(tail_width, width_t)
+            if current and (len(current) + 1) * (wider_p + wider_t) > SCORE_TOKENS:
+                chunks.append(current)
+                current, wider_p, wider_t = [], width_p, width_t
+            current.append(row)
+            prompt_width, tail_width = wider_p, wider_t
+        if current:
+            chunks.append(current)
+        return chunks
+
+    def _score_rows(
+        self,
+        rows: list[int],
+        prompt_ids: list[list[int]],
+        tails: list[list[list[int]]],
+        adapters: Sequence[str | None],
+    ) -> dict[int, list[float]]:
+        names = [adapters[i] for i in rows]
+        kwargs: dict[str, Any] = {}
+        if self._served.named_per_row:
+            kwargs["adapter_names"] = [a or BASE_ADAPTER for a in names]
+        try:
+            if self._stacked is not None:
+                self._stacked.set_rows(names)
+            sums = packed_logprobs(
+                self.model,
+                [prompt_ids[i] for i in rows],
+                [tails[i] for i in rows],
+                pad_id=self._tokenizer.pad_token_id,
+                forward_kwargs=kwargs,
+            )
+            return dict(zip(rows, sums, strict=True))
+        except torch.cuda.OutOfMemoryError as exc:
+            failure = (str(exc).splitlines() or [""])[0]
+        finally:
+            if self._stacked is not None:
+                self._stacked.clear_rows()
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(rows) == 1:
+            raise GenerationOutOfMemoryError(f"out of accelerator memory scoring a single prompt ({failure})")
+        logger.warning("out of accelerator memory scoring %d rows; retrying in halves", len(rows))
+        half = len(rows) // 2
+        return {
+            **self._score_rows(rows[:half], prompt_ids, tails, adapters),
+            **self._score_rows(rows[half:], prompt_ids, tails, adapters),
+        }
+
     @property
     def faulty_adapters(self) -> dict[str, str]:
         """Adapters taken out of service at run time (their rows failed, the others' did not): name -> why."""
@@ -454,9 +565,9 @@ class Generator:
             )
         return part
 
-    def _encode(self, rows: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokenize each row and left-pad them into one batch. Chat-rendered rows already hold their special
-        tokens; plain strings get the tokenizer's own (a BOS, for some models)."""
+    def _prompt_ids(self, rows: Sequence[Prompt]) -> list[list[int]]:
+        """Each row's token ids. Chat-rendered rows already hold their special tokens; plain strings get the
+        tokenizer's own (a BOS, for some models)."""
         encoded = []
         for i, prompt in enumerate(rows):
             ids = self._tokenizer(self.render(prompt), add_special_tokens=isinstance(prompt, str))[
@@ -466,7 +577,12 @@ class Generator:
                 raise PromptTooLongError(
                     f"prompt {i} has {len(ids)} tokens; max_input_tokens is {self._max_input_tokens}"
                 )
-            encoded.append(ids)
+            encoded.append(list(ids))
+        return encoded
+
+    def _encode(self, rows: list[Prompt]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenize each row (`_prompt_ids`) and left-pad them into one batch."""
+        encoded = self._prompt_ids(rows)
         width, pad = max(len(ids) for ids in encoded), self._tokenizer.pad_token_id
         if self._generate_compiles:
             width = -(-width // PAD_MULTIPLE) * PAD_MULTIPLE  # fewer distinct shapes, fewer recompilations

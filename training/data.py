@@ -21,6 +21,7 @@ from typing import Any
 
 from ensemble.datasets import QAExample, korquad_split, load_examples
 from ensemble.prompts import render_prompt, render_target
+from models.teacher_forcing import end_of_answer_id
 from training.config import ConfigError, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,6 @@ IGNORE_INDEX = -100
 """Label of a token the loss skips (PyTorch's cross-entropy default)."""
 KORQUAD_DEV_SHA256 = "25ffeb51e6c51ec02c071b60a10188e10005c144110f0d876b26079d80a35bdf"
 """The KorQuAD 1.0 dev file (shared/data/README.md): it holds the eval articles, so split "all" is refused."""
-_SENTINEL = "\u2063QA-TARGET\u2063"
 _SPACE = re.compile(r"\s")
 
 
@@ -174,7 +174,7 @@ class PromptEncoder:
     def __init__(self, tokenizer) -> None:
         self.tokenizer = tokenizer
         self.chat = bool(getattr(tokenizer, "chat_template", None))
-        self.end_id = self._end_of_turn_id() if self.chat else tokenizer.eos_token_id
+        self.end_id = end_of_answer_id(tokenizer)  # the id serving scores answers' ends with
         if self.end_id is None:
             raise ConfigError(
                 "train.base: the tokenizer has neither a chat template nor an EOS token, so an "
@@ -194,22 +194,6 @@ class PromptEncoder:
     def target_ids(self, answer: str) -> list[int]:
         text = render_target(answer, chat=self.chat)
         return [*self.tokenizer(text, add_special_tokens=False)["input_ids"], self.end_id]
-
-    def _end_of_turn_id(self) -> int | None:
-        # Render one assistant turn around a sentinel: the first token after it is what ends a turn.
-        messages = [{"role": "user", "content": "q"}]
-        prefix = self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        full = self.tokenizer.apply_chat_template(
-            [*messages, {"role": "assistant", "content": _SENTINEL}], tokenize=False
-        )
-        after = full.split(_SENTINEL, 1)[1] if full.startswith(prefix) and _SENTINEL in full else ""
-        ids = self.tokenizer(after, add_special_tokens=False)["input_ids"] if after.strip() else []
-        # A special added token such as <|im_end|>; transformers 5 lists only the named ones (eos, pad, ...)
-        # in all_special_ids, and the Qwen GGUF tokenizer's EOS is <|endoftext|>, not the turn's end.
-        added = self.tokenizer.added_tokens_decoder.get(ids[0]) if ids else None
-        if ids and ((added is not None and added.special) or ids[0] in self.tokenizer.all_special_ids):
-            return int(ids[0])
-        return self.tokenizer.eos_token_id
 
 
 @dataclass(frozen=True)

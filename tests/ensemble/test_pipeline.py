@@ -10,6 +10,7 @@ from ensemble.errors import EmptyPlanError, GeneratorContractError, UnknownPromp
 from ensemble.pipeline import CandidateGenerator, EnsemblePipeline, PipelineConfig, QARequest
 from ensemble.plan import Decoding, Member
 from ensemble.prompts import render_prompt
+from ensemble.vote import VoteConfig
 
 CONTEXT = "서울시는 3일 한강공원에 나무 120개를 새로 심었다고 밝혔다. 작곡가 베토벤의 교향곡이 연주됐다."
 QUESTION = "한강공원에 심은 나무는 몇 개인가?"
@@ -209,3 +210,81 @@ def test_all_empty_outputs_give_an_empty_answer() -> None:
     result = EnsemblePipeline(FakeGenerator(script=beams("", "답변:", "\n"))).answer(CONTEXT, QUESTION)
     assert (result.answer, result.confidence, result.support) == ("", 0.0, 0)
     assert len(result.candidates) == 6
+
+
+@dataclass
+class ScoringGenerator(FakeGenerator):
+    """A fake that also scores: the log-probability of a text is a function of its adapter, prompt and text."""
+
+    score_calls: list[dict[str, Any]] = field(default_factory=list)
+    wrong_count: bool = False
+
+    def score(
+        self,
+        prompts: Sequence[str | list[dict[str, str]]],
+        adapters: Sequence[str | None],
+        continuations: Sequence[Sequence[str]],
+    ) -> list[list[tuple[float, int]]]:
+        self.score_calls.append(
+            {
+                "prompts": list(prompts),
+                "adapters": list(adapters),
+                "continuations": [list(c) for c in continuations],
+            }
+        )
+        out = [
+            [(-float(len(text)) - (0.5 if adapter == "b" else 0.0), len(text) + 1) for text in texts]
+            for adapter, texts in zip(adapters, continuations, strict=True)
+        ]
+        return out[:-1] if self.wrong_count else out
+
+
+LIKELIHOOD = VoteConfig(rule="likelihood")
+
+
+def test_likelihood_vote_scores_every_distinct_text_under_every_row_in_one_call() -> None:
+    generator = ScoringGenerator()
+    pipeline = EnsemblePipeline(generator, PipelineConfig(vote=LIKELIHOOD))
+    requests = [
+        QARequest(context=CONTEXT, question=QUESTION, members=TWO_ADAPTERS),
+        QARequest(context=CONTEXT, question="베토벤은 무엇을 했나?", members=(Member("a"),)),
+    ]
+    votes = pipeline.answer_many(requests)
+    assert len(generator.score_calls) == 1 and pipeline.stats.score_calls == 1
+    call = generator.score_calls[0]
+    # request 0: 2 members x 2 prompts; request 1: 1 member x 2 prompts; each row once, prompts as generated
+    assert call["adapters"] == ["a", "a", "b", "b", "a", "a"]
+    assert call["prompts"] == generator.calls[0]["prompts"]
+    texts = list(dict.fromkeys(v.candidate.text for v in votes[0].candidates))
+    assert texts == ["120개", "120", "130개"]  # "답변: 120 개." grounded to the context's span
+    assert call["continuations"][0] == texts
+    for voted in votes[0].candidates:
+        rows = {(lik.member, lik.prompt): lik for lik in voted.candidate.likelihoods}
+        assert set(rows) == {(m, p) for m in ("a", "b") for p in ("zero-shot", "principled")}
+        assert rows[("b", "zero-shot")].logprob == -float(len(voted.candidate.text)) - 0.5
+        assert rows[("a", "principled")].tokens == len(voted.candidate.text) + 1
+
+
+def test_count_vote_and_a_single_distinct_text_need_no_scores() -> None:
+    generator = ScoringGenerator()
+    EnsemblePipeline(generator).answer(CONTEXT, QUESTION, members=TWO_ADAPTERS)
+    one_text = ScoringGenerator(script=beams("120개", "120개"))
+    vote_ = EnsemblePipeline(one_text, PipelineConfig(vote=LIKELIHOOD)).answer(CONTEXT, QUESTION)
+    assert generator.score_calls == [] and one_text.score_calls == []
+    assert all(v.candidate.likelihoods == () for v in vote_.candidates)
+
+
+def test_a_request_may_ask_for_the_likelihood_vote_itself() -> None:
+    generator = ScoringGenerator()
+    pipeline = EnsemblePipeline(generator)
+    pipeline.answer_many([QARequest(context=CONTEXT, question=QUESTION, vote=LIKELIHOOD)])
+    assert len(generator.score_calls) == 1
+
+
+def test_likelihood_vote_without_a_scorer_or_with_short_scores_is_a_contract_error() -> None:
+    with pytest.raises(GeneratorContractError, match="score"):
+        EnsemblePipeline(FakeGenerator(), PipelineConfig(vote=LIKELIHOOD)).answer(CONTEXT, QUESTION)
+    with pytest.raises(GeneratorContractError, match="score"):
+        EnsemblePipeline(ScoringGenerator(wrong_count=True), PipelineConfig(vote=LIKELIHOOD)).answer(
+            CONTEXT, QUESTION
+        )
