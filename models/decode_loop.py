@@ -36,6 +36,10 @@ into one kernel; the 4-bit matmul stays bitsandbytes' operator) and the CUDA gra
 kernels; shapes after the first recompile once as dynamic (TorchDynamo's automatic dynamic shapes), not once
 each.
 
+The last decode's prefill (its KV, padding mask and next-token log-probabilities) is kept until the next one
+(`kept`), so that a likelihood vote scores candidate answers behind those prompts with one forward of the
+short candidates alone (`score_tails`) instead of prefilling the prompts again.
+
 It does not sample (sampled requests stay on `generate`), tokenize, or choose adapters: the generator does,
 and this loop only asks its `StackedLora` for the rows' mask (`set_rows`, a persistent buffer per row count).
 """
@@ -58,6 +62,7 @@ from models.decoding import LineEnds
 from models.fast_paths import use_fast_paths
 from models.multi_lora import StackedLora
 from models.search import BeamSearch, Decoded, Greedy, Stops
+from models.teacher_forcing import Tails, additive_mask, mask_dtype, sum_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +90,20 @@ def bucket(n: int, floor: int = 1) -> int:
     power = 1 << (n - 1).bit_length()  # the smallest power of two >= n
     midpoint = power // 4 * 3  # 1.5 x the power of two below
     return midpoint if midpoint >= n else power
+
+
+@dataclass(frozen=True)
+class KeptPrefill:
+    """The last decode's prefill, kept until the next one: what `DecodeLoop.score_tails` scores on."""
+
+    cache: Any
+    """The prompts' DynamicCache (under CUDA graphs the prefill shape's buffers: valid until reused)."""
+    mask: torch.Tensor
+    """[prompts, width] the padding mask of the real prompt rows."""
+    log_probs: torch.Tensor
+    """[prompts, vocab] each prompt's next-token log-probabilities (a copy: the search may not touch it)."""
+    version: int
+    """`DecodeLoop.prefills` when it was made: a later prefill may have overwritten the buffers."""
 
 
 @dataclass(frozen=True)
@@ -152,11 +171,15 @@ class DecodeLoop:
         )
         self.captures = 0
         """CUDA graphs captured so far (one per new shape)."""
+        self.prefills = 0
+        """Prefills run so far (warm-up's too): the version of `kept`."""
+        self.kept: KeptPrefill | None = None
 
     def clear(self) -> None:
         """Drop every shape's buffers and graph (out of memory, or the LoRA stacks changed)."""
         self._states.clear()
         self._prefills.clear()
+        self.kept = None
 
     def lengths(self, up_to: int) -> list[int]:
         """The cache length buckets, shortest first, up to the one that holds `up_to` tokens."""
@@ -195,6 +218,10 @@ class DecodeLoop:
                 # padding prompts start as copies of prompt 0, as `DecodeState.load` makes them
                 if rows > prompts:
                     log_probs = torch.cat((log_probs, log_probs[:1].expand(rows - prompts, -1)))
+            self.prefills += 1
+            self.kept = KeptPrefill(
+                prefill, prompt_mask[:prompts], log_probs[:prompts].clone(), self.prefills
+            )
             stops = Stops(self.eos, log_probs.shape[-1], line_ends, device)
             if k > 1:
                 keep = max(2, 1 + len(self.eos)) * k  # as transformers: enough for k to run on past EOS
@@ -213,6 +240,37 @@ class DecodeLoop:
                 del prefill
                 self._steps(state, search, tokens, source, width, min_new_tokens)
             return search.result(num_return_sequences)
+
+    def score_tails(
+        self, rows: Sequence[int], tails: Tails, adapters: Sequence[str | None]
+    ) -> list[list[float]]:
+        """`models.teacher_forcing`'s sums for continuations behind prompts of the last decode (`kept`;
+        `rows` index its prompts, `adapters` are theirs), without a second prefill: one forward of the tails
+        alone over a copy of those rows' prompt KV, the first tokens scored from the kept log-probabilities.
+        """
+        kept = self.kept
+        if kept is None:
+            raise RuntimeError("no prefill is kept (nothing decoded since the last clear)")
+        device = kept.mask.device
+        index = torch.tensor(list(rows), device=device)
+        mask = kept.mask.index_select(0, index).bool()
+        count, width = mask.shape
+        cache = DynamicCache(config=self.model.config)
+        for layer_idx, layer in enumerate(kept.cache.layers):
+            cache.update(layer.keys.index_select(0, index), layer.values.index_select(0, index), layer_idx)
+        allowed = torch.cat(
+            (mask[:, None, :].expand(count, tails.width, width), tails.allowed.to(device)), dim=2
+        )
+        with torch.inference_mode():
+            self._set_rows(adapters, 1)
+            logits = self.model(
+                input_ids=tails.ids.to(device),
+                attention_mask=additive_mask(allowed, mask_dtype(self.model)),
+                position_ids=mask.sum(dim=1, keepdim=True) + tails.offsets.to(device),
+                past_key_values=cache,
+                use_cache=True,
+            ).logits
+        return sum_logprobs(tails, kept.log_probs.index_select(0, index), logits)
 
     def warm_up(
         self, batches: Sequence[tuple[Sequence[str | None], int]], *, max_length: int, token_id: int = 0

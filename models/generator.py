@@ -42,7 +42,7 @@ from models.errors import GenerationOutOfMemoryError, PromptTooLongError
 from models.fast_paths import NAME as GROUPED_SDPA
 from models.multi_lora import StackedLora
 from models.registry import AdapterSpec
-from models.teacher_forcing import end_of_answer_id, packed_logprobs
+from models.teacher_forcing import end_of_answer_id, pack_tails, packed_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ BASE_ADAPTER = "__base__"
 Prompt = str | list[dict[str, str]]
 SCORE_TOKENS = 16384
 """Most tokens (rows x padded width) of one scoring forward: its 4-D mask and the tail's logits stay small."""
+KEPT_SCORE_TOKENS = 4 * SCORE_TOKENS
+"""The same over kept prefills: their forward runs the tails alone, the prompts' KV is only copied."""
 SCORE_ATTENTION = frozenset({"sdpa", "eager", GROUPED_SDPA})
 """Attention implementations that take `models.teacher_forcing`'s custom 4-D mask as it is."""
 
@@ -118,6 +120,9 @@ class Generator:
             eos_ids.append(tokenizer.eos_token_id)
         self._eos_ids = torch.tensor(eos_ids, dtype=torch.long)
         self._end_id = end_of_answer_id(tokenizer)
+        self._kept_rows: dict[tuple[tuple[int, ...], str | None], int] = {}
+        """(prompt ids, adapter) -> row of the decode loop's kept prefill (`score` reuses its KV)."""
+        self._kept_version = -1
         # Greedy and beams through our own loop (graphs captured on CUDA unless `cuda_graphs` is off).
         self._loop = (
             DecodeLoop(
@@ -308,8 +313,10 @@ class Generator:
 
         Each prompt is in the batch once with all its continuations packed behind it
         (`models.teacher_forcing`); rows run as mixed-adapter batches of at most `SCORE_TOKENS` tokens
-        (halved on CUDA out-of-memory). The sum is what `generate` reports as a greedy candidate's mean
-        log-probability times its length, for the same tokens.
+        (halved on CUDA out-of-memory). A row whose prompt and adapter the decode loop prefilled last
+        (the generate call just before, as the pipeline makes it) is not prefilled again: its tails run
+        alone over that prefill's KV (`DecodeLoop.score_tails`). The sum is what `generate` reports as a
+        greedy candidate's mean log-probability times its length, for the same tokens.
         """
         if not len(prompts) == len(adapters) == len(continuations):
             raise ValueError(
@@ -333,26 +340,77 @@ class Generator:
         sums: dict[int, list[float]] = {}
         with self._lock:
             self._served.prepare(adapters)
+            kept = self._kept_prefill_rows(rows, prompt_ids, adapters)
             with torch.inference_mode():
-                for chunk in self._score_chunks(rows, prompt_ids, tails):
+                again = [i for i in rows if i not in kept]
+                for chunk in self._score_chunks(again, prompt_ids, tails):
                     sums.update(self._score_rows(chunk, prompt_ids, tails, adapters))
+                for chunk in self._score_chunks(list(kept), prompt_ids, tails, KEPT_SCORE_TOKENS):
+                    sums.update(self._score_kept(chunk, kept, prompt_ids, tails, adapters))
         return [
             [(value, len(tail)) for value, tail in zip(sums.get(i, []), tails[i], strict=False)]
             for i in range(len(prompts))
         ]
 
+    def _kept_prefill_rows(
+        self, rows: list[int], prompt_ids: list[list[int]], adapters: Sequence[str | None]
+    ) -> dict[int, int]:
+        """Rows whose prompt and adapter were in the decode loop's last prefill, still kept: row -> its row
+        there (the pipeline scores right after it generated, so normally every row)."""
+        loop = self._loop
+        if loop is None or loop.kept is None or loop.prefills != self._kept_version:
+            return {}
+        found = {i: self._kept_rows.get((tuple(prompt_ids[i]), adapters[i])) for i in rows}
+        return {i: row for i, row in found.items() if row is not None}
+
+    def _score_kept(
+        self,
+        rows: list[int],
+        kept: dict[int, int],
+        prompt_ids: list[list[int]],
+        tails: list[list[list[int]]],
+        adapters: Sequence[str | None],
+    ) -> dict[int, list[float]]:
+        """`rows` scored on the kept prefill (`DecodeLoop.score_tails`); out of memory, prefilled again."""
+        assert self._loop is not None
+        try:
+            sums = self._loop.score_tails(
+                [kept[i] for i in rows],
+                pack_tails([tails[i] for i in rows], pad_id=self._tokenizer.pad_token_id),
+                [adapters[i] for i in rows],
+            )
+            return dict(zip(rows, sums, strict=True))
+        except torch.cuda.OutOfMemoryError:
+            pass
+        finally:
+            if self._stacked is not None:
+                self._stacked.clear_rows()
+        # Outside the except block: the traceback no longer pins the failed call's tensors.
+        logger.warning(
+            "out of accelerator memory scoring %d rows on kept prefills; prefilling again", len(rows)
+        )
+        self._loop.clear()
+        gc.collect()
+        torch.cuda.empty_cache()
+        return self._score_rows(rows, prompt_ids, tails, adapters)
+
     @staticmethod
     def _score_chunks(
-        rows: list[int], prompt_ids: list[list[int]], tails: list[list[list[int]]]
+        rows: list[int],
+        prompt_ids: list[list[int]],
+        tails: list[list[list[int]]],
+        budget: int | None = None,
     ) -> list[list[int]]:
-        """Consecutive rows whose padded batch stays within `SCORE_TOKENS` (a row alone may exceed it)."""
+        """Consecutive rows whose padded batch stays within `budget` tokens (default `SCORE_TOKENS`; a row
+        alone may exceed it)."""
+        budget = SCORE_TOKENS if budget is None else budget
         chunks: list[list[int]] = []
         current: list[int] = []
         prompt_width = tail_width = 0
         for row in rows:
             width_p, width_t = len(prompt_ids[row]), sum(len(t) for t in tails[row])
             wider_p, wider_t = max(prompt_width, width_p), max(tail_width, width_t)
-            if current and (len(current) + 1) * (wider_p + wider_t) > SCORE_TOKENS:
+            if current and (len(current) + 1) * (wider_p + wider_t) > budget:
                 chunks.append(current)
                 current, wider_p, wider_t = [], width_p, width_t
             current.append(row)
@@ -542,6 +600,14 @@ class Generator:
             line_ends=self._tables if self._stop_at_newline else None,
         )
         texts = [self._tokenizer.decode(ids, skip_special_tokens=True) for ids in decoded.tokens]
+        # which prompt (its real ids) under which adapter is which row of the prefill the loop keeps
+        lengths = kwargs["attention_mask"].sum(dim=1).tolist()
+        adapters = self._row_adapters(kwargs.get("adapter_names"), len(input_ids))
+        self._kept_rows = {
+            (tuple(ids[len(ids) - n :]), adapter): row
+            for row, (ids, n, adapter) in enumerate(zip(input_ids.tolist(), lengths, adapters, strict=True))
+        }
+        self._kept_version = self._loop.prefills
         return texts, decoded.scores, sum(len(ids) for ids in decoded.tokens)
 
     @staticmethod

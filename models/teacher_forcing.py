@@ -22,6 +22,7 @@ adapters and batches; `ensemble` combines the numbers.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -48,6 +49,91 @@ def end_of_answer_id(tokenizer: Any) -> int | None:
     return tokenizer.eos_token_id
 
 
+@dataclass(frozen=True)
+class Tails:
+    """Rows of continuations packed side by side, right-padded to one width: what follows each row's prompt.
+
+    Continuation k of a row sits in its own columns and sees the prompt and its own earlier tokens only
+    (`allowed`, the tail's block of the 4-D mask); `offsets` restart at 0 for every continuation (positions
+    are the prompt's length plus them). A padding column sees only itself."""
+
+    ids: torch.Tensor
+    """[rows, width] token ids (padding: `pad_id`)."""
+    offsets: torch.Tensor
+    """[rows, width] each token's index inside its continuation."""
+    allowed: torch.Tensor
+    """[rows, width, width] bool: may tail column q attend to tail column k?"""
+    query: list[tuple[int, int]]
+    """Per scored token (flat, over the batch): its row and the tail column whose logits predict it; -1 is
+    the prompt's last position (every continuation's first token)."""
+    target: list[int]
+    owner: list[tuple[int, int]]
+    """Per scored token: (row, continuation)."""
+    counts: list[int]
+    """Continuations per row."""
+
+    @property
+    def width(self) -> int:
+        return self.ids.shape[1]
+
+
+def pack_tails(continuations: Sequence[Sequence[Sequence[int]]], *, pad_id: int) -> Tails:
+    """Lay every row's continuations out behind one another (see `Tails`)."""
+    if any(not c for conts in continuations for c in conts):
+        raise ValueError("every continuation needs at least one token (the caller appends the end token)")
+    rows = len(continuations)
+    width = max([1, *(sum(len(c) for c in conts) for conts in continuations)])
+    ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    offsets = torch.zeros((rows, width), dtype=torch.long)
+    allowed = torch.eye(width, dtype=torch.bool).repeat(rows, 1, 1)
+    query, target, owner = [], [], []
+    for b, conts in enumerate(continuations):
+        column = 0
+        for k, cont in enumerate(conts):
+            n = len(cont)
+            span = slice(column, column + n)
+            ids[b, span] = torch.tensor(list(cont))
+            offsets[b, span] = torch.arange(n)
+            allowed[b, span, span] = torch.ones(n, n, dtype=torch.bool).tril()
+            for j, token in enumerate(cont):
+                query.append((b, -1 if j == 0 else column + j - 1))
+                target.append(token)
+                owner.append((b, k))
+            column += n
+    return Tails(ids, offsets, allowed, query, target, owner, [len(c) for c in continuations])
+
+
+def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask as the additive [rows, 1, q, k] mask every attention implementation takes."""
+    mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[:, None]
+
+
+def mask_dtype(model: Any) -> torch.dtype:
+    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
+    return dtype if dtype in (torch.float16, torch.bfloat16, torch.float32) else torch.float32
+
+
+def sum_logprobs(tails: Tails, prompt_last: torch.Tensor, tail_logits: torch.Tensor) -> list[list[float]]:
+    """Per row, per continuation: the sum of its tokens' log-probabilities, from the logits at each row's
+    prompt's last position (`prompt_last`, [rows, vocab]) and at the tail's columns ([rows, width, vocab];
+    log-probabilities or logits: both are normalised here)."""
+    device = tail_logits.device
+    rows = torch.tensor([b for b, _ in tails.query], device=device)
+    columns = torch.tensor([max(q, 0) for _, q in tails.query], device=device)
+    first = torch.tensor([q < 0 for _, q in tails.query], device=device)
+    picked = torch.where(
+        first[:, None], prompt_last.to(device)[rows].float(), tail_logits[rows, columns].float()
+    )
+    chosen = picked.gather(1, torch.tensor(tails.target, device=device)[:, None])[:, 0]
+    token_logprobs = (chosen - torch.logsumexp(picked, dim=-1)).tolist()
+    sums = [[0.0] * n for n in tails.counts]
+    for (b, k), value in zip(tails.owner, token_logprobs, strict=True):
+        sums[b][k] += value
+    return sums
+
+
 def packed_logprobs(
     model: Any,
     prompts: Sequence[Sequence[int]],
@@ -58,69 +144,40 @@ def packed_logprobs(
 ) -> list[list[float]]:
     """Per row, per continuation: the sum of its tokens' log-probabilities after the row's prompt.
 
-    One forward over the batch: row b is [left padding][prompt b][continuation 1]...[continuation K][right
-    padding]; `forward_kwargs` go to the model (e.g. peft's `adapter_names`). Every prompt needs at least one
-    token, every continuation too (the caller appends the end-of-answer token).
+    One forward over the batch: row b is [left padding][prompt b][its `Tails`]; `forward_kwargs` go to the
+    model (e.g. peft's `adapter_names`). Every prompt needs at least one token, every continuation too (the
+    caller appends the end-of-answer token).
     """
     rows = len(prompts)
     if rows != len(continuations):
         raise ValueError(f"{rows} prompts but {len(continuations)} continuation lists")
-    if any(not p for p in prompts) or any(not c for conts in continuations for c in conts):
-        raise ValueError("every prompt and every continuation needs at least one token")
+    if any(not p for p in prompts):
+        raise ValueError("every prompt needs at least one token")
     if rows == 0:
         return []
+    tails = pack_tails(continuations, pad_id=pad_id)
     width_prompt = max(len(p) for p in prompts)
-    width_tail = max(1, max(sum(len(c) for c in conts) for conts in continuations))
-    width = width_prompt + width_tail
+    width = width_prompt + tails.width
     ids = torch.full((rows, width), pad_id, dtype=torch.long)
     positions = torch.zeros((rows, width), dtype=torch.long)
-    allowed = torch.zeros((rows, width, width), dtype=torch.bool)
-    diagonal = torch.arange(width)
-    allowed[:, diagonal, diagonal] = True  # padding attends to itself: no all-masked row, no NaN
-    query, target, owner = [], [], []  # flat lists over every scored token of the batch
-    for b, (prompt, conts) in enumerate(zip(prompts, continuations, strict=True)):
+    allowed = torch.eye(width, dtype=torch.bool).repeat(rows, 1, 1)  # padding attends to itself: no NaN
+    ids[:, width_prompt:] = tails.ids
+    allowed[:, width_prompt:, width_prompt:] = tails.allowed
+    for b, prompt in enumerate(prompts):
         start = width_prompt - len(prompt)
         ids[b, start:width_prompt] = torch.tensor(list(prompt))
         positions[b, start:width_prompt] = torch.arange(len(prompt))
-        causal = torch.ones(len(prompt), len(prompt), dtype=torch.bool).tril()
-        allowed[b, start:width_prompt, start:width_prompt] = causal
-        column = width_prompt
-        for k, cont in enumerate(conts):
-            n = len(cont)
-            span = slice(column, column + n)
-            ids[b, span] = torch.tensor(list(cont))
-            positions[b, span] = len(prompt) + torch.arange(n)
-            allowed[b, span, start:width_prompt] = True
-            allowed[b, span, span] = torch.ones(n, n, dtype=torch.bool).tril()
-            # token j of the continuation is predicted at the prompt's last column (j = 0), else at j - 1
-            for j, token in enumerate(cont):
-                query.append((b, width_prompt - 1 if j == 0 else column + j - 1))
-                target.append(token)
-                owner.append((b, k))
-            column += n
+        positions[b, width_prompt:] = len(prompt) + tails.offsets[b]
+        allowed[b, start:width_prompt, start:width_prompt] = torch.ones(len(prompt), len(prompt)).tril() > 0
+        allowed[b, width_prompt:, start:width_prompt] = True
     device = model.device
-    dtype = next(p for p in model.parameters() if p.is_floating_point()).dtype
-    if dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        dtype = torch.float32
-    additive = torch.zeros(allowed.shape, dtype=dtype)
-    additive.masked_fill_(~allowed, torch.finfo(dtype).min)
-    keep = width_tail + 1  # the prompts' last column and the whole tail
     out = model(
         input_ids=ids.to(device),
-        attention_mask=additive[:, None].to(device),
+        attention_mask=additive_mask(allowed, mask_dtype(model)).to(device),
         position_ids=positions.to(device),
-        logits_to_keep=keep,
+        logits_to_keep=tails.width + 1,  # the prompts' last column and the whole tail
         use_cache=False,
         **(forward_kwargs or {}),
     )
-    logits = out.logits  # [rows, keep, vocab]
-    first = width - keep
-    index_b = torch.tensor([b for b, _ in query], device=logits.device)
-    index_q = torch.tensor([q - first for _, q in query], device=logits.device)
-    picked = logits[index_b, index_q].float()  # [scored tokens, vocab]
-    chosen = picked.gather(1, torch.tensor(target, device=logits.device)[:, None])[:, 0]
-    token_logprobs = (chosen - torch.logsumexp(picked, dim=-1)).tolist()
-    sums = [[0.0] * len(conts) for conts in continuations]
-    for (b, k), value in zip(owner, token_logprobs, strict=True):
-        sums[b][k] += value
-    return sums
+    logits = out.logits
+    return sum_logprobs(tails, logits[:, 0], logits[:, 1:])

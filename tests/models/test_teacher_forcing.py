@@ -121,3 +121,35 @@ def test_scores_equal_the_log_probabilities_generate_reports(
 def test_score_refuses_mismatched_lists(generator):
     with pytest.raises(ValueError, match="prompts"):
         generator.score([LONG], [None, None], [TEXTS])
+
+
+@pytest.mark.parametrize("static_prefill", [False, True])
+def test_scores_on_the_kept_prefill_equal_scores_prefilled_again(
+    tiny_model_dir, tiny_adapters_dir, static_prefill, monkeypatch
+):
+    """Right after generate (the pipeline's order), the rows it prefilled are scored on that prefill's KV
+    (no second prefill); the numbers equal a fresh prefill's. A stale prefill is never used."""
+    generator = _loaded(tiny_model_dir, tiny_adapters_dir, "stacked", "loop")
+    fresh = _loaded(tiny_model_dir, tiny_adapters_dir, "stacked", "loop")
+    generator._loop.static_prefill = static_prefill  # the padded prefill shapes CUDA graphs replay
+    prompts, adapters = [LONG, SHORT, LONG, SHORT], ["alpha", None, "beta", "gamma"]
+    conts = [TEXTS, TEXTS[:2], TEXTS[1:], [TEXTS[0]]]
+    expected = fresh.score(prompts, adapters, conts)
+    assert fresh._loop.kept is None  # nothing decoded: every row was prefilled by score itself
+
+    generator.generate(prompts, adapters, max_new_tokens=3, num_beams=2, num_return_sequences=2)
+    prefilled = []
+    monkeypatch.setattr(
+        "models.generator.packed_logprobs", lambda *a, **k: prefilled.append(a) or packed_logprobs(*a, **k)
+    )
+    reused = generator.score(prompts[::-1], adapters[::-1], conts[::-1])[::-1]
+    assert prefilled == []  # every row came from the kept prefill
+    for a, b in zip(reused, expected, strict=True):
+        assert [t for _, t in a] == [t for _, t in b]
+        assert [v for v, _ in a] == pytest.approx([v for v, _ in b], abs=1e-4)
+
+    generator.generate([SHORT], ["beta"], max_new_tokens=2)  # another prefill: the old one is gone
+    again = generator.score(prompts, adapters, conts)
+    assert len(prefilled) >= 1
+    for a, b in zip(again, expected, strict=True):
+        assert [v for v, _ in a] == pytest.approx([v for v, _ in b], abs=1e-4)
