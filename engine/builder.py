@@ -1,6 +1,9 @@
 """`build_engine(config) -> Engine`: resolve the base, load it once, register adapters, build the pipeline
 and, when asked, warm the decode loop up (`Engine.warm_up`) before the engine is handed out.
 
+The pipeline's vote config is `EngineConfig.vote` when set, else the adapters folder's `vote.json` (a rule
+fitted offline for exactly those members, `ensemble.vote_file`) when it has one, else `VoteConfig()`.
+
 `Engine.load_adapter` / `unload_adapter` change the served adapters at run time, by name only: the folder
 is found strictly inside the configured adapters folder, its config, manifest, base and prompt style are
 checked by the registry (`check_adapter_folder`, the same check as at start) and its weights against that
@@ -20,6 +23,8 @@ from typing import Literal
 from ensemble.pipeline import EnsemblePipeline, PipelineConfig
 from ensemble.plan import Decoding, Member, build_plan
 from ensemble.prompts import DEFAULT_PROMPTS, PROMPT_STYLES, get_prompt_style
+from ensemble.vote import VoteConfig
+from ensemble.vote_file import VOTE_FILE, read_vote_file, vote_config_to_dict
 from models.decode_loop import WarmUp
 from models.errors import AdapterNotFoundError
 from models.generator import Generator
@@ -78,6 +83,9 @@ class EngineConfig:
     """Make the decode loop's shapes for the default plan and a single greedy row before `build_engine`
     returns (`Engine.warm_up`); "auto": only on CUDA, where each is a CUDA graph to capture. Needs
     decoder="loop" (with "hf" there is nothing to warm)."""
+    vote: VoteConfig | None = None
+    """How candidates are voted by default; None: `<adapters_dir>/vote.json` when there is one (fitted for
+    those members), else `VoteConfig()`."""
 
     def __post_init__(self) -> None:
         if not self.default_prompts:
@@ -216,8 +224,29 @@ def _check_capacity(config: EngineConfig, names: list[str]) -> None:
         )
 
 
+def adapters_vote_config(adapters_dir: Path | None) -> VoteConfig | None:
+    """The vote config of `<adapters_dir>/vote.json`, or None without one; a bad file raises
+    `InvalidVoteConfigError` naming the field, so the server does not start on it."""
+    if adapters_dir is None or not (adapters_dir / VOTE_FILE).is_file():
+        return None
+    path = adapters_dir / VOTE_FILE
+    vote_file = read_vote_file(path)
+    provenance = vote_file.provenance
+    logger.info(
+        "vote config from %s (fitted %s on %s questions, candidates sha256 %s): %s",
+        path,
+        provenance.get("date", "?"),
+        (provenance.get("candidates") or {}).get("questions", "?"),
+        str((provenance.get("candidates") or {}).get("sha256", "?"))[:12],
+        vote_config_to_dict(vote_file.vote),
+    )
+    return vote_file.vote
+
+
 def build_engine(config: EngineConfig) -> Engine:
     started = time.perf_counter()
+    # Read first: a bad vote.json stops the start before minutes of model loading.
+    vote_config = config.vote or adapters_vote_config(config.adapters_dir) or VoteConfig()
     resolved = resolve_model(config.model, config.cache_dir)
     model, tokenizer = load_base(
         resolved.path, LoadConfig(device=config.device, quantization=config.quantization, dtype=config.dtype)
@@ -250,7 +279,9 @@ def build_engine(config: EngineConfig) -> Engine:
         for name in sorted(registry.names(), key=lambda n: n not in config.pinned_adapters):
             generator.load_adapter(registry.get(name))
     pipeline_config = PipelineConfig(
-        default_prompts=config.default_prompts, default_decoding=config.default_decoding
+        default_prompts=config.default_prompts,
+        default_decoding=config.default_decoding,
+        vote=vote_config,
     )
     pipeline = EnsemblePipeline(
         generator,
@@ -261,10 +292,11 @@ def build_engine(config: EngineConfig) -> Engine:
     if config.warmup is True or (config.warmup == "auto" and generator.device.startswith("cuda")):
         engine.warm_up()
     logger.info(
-        "engine ready: %s on %s with adapters %s in %.1fs",
+        "engine ready: %s on %s with adapters %s, vote rule %s, in %.1fs",
         resolved.key,
         generator.device,
         engine.adapter_names or ["base"],
+        vote_config.rule,
         time.perf_counter() - started,
     )
     return engine

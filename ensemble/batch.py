@@ -2,8 +2,12 @@
 
 Used by `POST /batch` and `qa-eval run`, so the service and the offline report compute the same thing. A chunk
 that fails is retried row by row, so one bad row (a prompt too long, say) fails only itself: the output always
-has exactly one row per input row, in input order, with its id and, for a failed row, the error. This module
-runs no threads and holds no state between calls; callers report progress and cancel through callbacks.
+has exactly one row per input row, in input order, with its id and, for a failed row, the error. A row
+whose confidence is below ``BatchOptions.min_confidence`` abstains: it keeps its id, place and vote, and its
+answer is "" (what prediction files write and what is scored). On gold data every answered row records
+whether the vote's answer is right (``RowResult.correct``, KorQuAD exact match): what the report's
+calibration is measured on. This module runs no threads and holds no state between calls; callers report
+progress and cancel through callbacks.
 
 A caller that spreads one batch over several workers (`deploy`'s Ray Serve replicas) splits it with
 `split_parts` and joins the parts' results with `merge_parts`: each part is a run of whole chunks in the order
@@ -15,15 +19,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
+from ensemble.calibration import abstains
 from ensemble.datasets import QAExample
-from ensemble.metric import Metric, Scores, score_predictions
+from ensemble.metric import Metric, Scores, exact_match_korquad, score_predictions
 from ensemble.pipeline import PipelineConfig, QARequest
 from ensemble.plan import Decoding, Member
 from ensemble.strategies import ENSEMBLE, strategy_answers
-from ensemble.vote import Vote
+from ensemble.vote import Vote, VoteConfig
 
 
 class BatchCancelledError(RuntimeError):
@@ -47,10 +52,16 @@ class BatchOptions:
     """Questions per generation batch."""
     metric: Metric = "korquad"
     """Metric used when the examples carry gold answers."""
+    vote: VoteConfig | None = None
+    """How every row is voted (its strategies too); None = the pipeline's ``config.vote``."""
+    min_confidence: float | None = None
+    """Rows whose confidence is below this abstain (answer "", ``abstained``); None = never."""
 
     def __post_init__(self) -> None:
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size: must be >= 1; got {self.chunk_size}")
+        if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"min_confidence: must be in [0, 1]; got {self.min_confidence}")
 
 
 @dataclass(frozen=True)
@@ -59,15 +70,22 @@ class RowResult:
 
     id: str
     answer: str
+    """The ensemble's answer; "" for a failed or abstained row."""
     confidence: float
     support: int
     error: str | None = None
     vote: Vote | None = None
-    """The full vote (candidates with provenance); None for a failed row."""
+    """The full vote (candidates with provenance, ``vote.answer`` also when abstained); None for a failed
+    row."""
     strategies: dict[str, str] = field(default_factory=dict)
     """Strategy id -> answer, when requested."""
     strategy_error: str | None = None
     """Why the greedy pass failed for this row (its ``greedy:*`` strategies are then missing, scored 0)."""
+    abstained: bool = False
+    """The confidence was below ``BatchOptions.min_confidence``: no answer given."""
+    correct: bool | None = None
+    """Is the vote's answer (``vote.answer``, abstained or not) an exact match of a gold answer under the
+    KorQuAD metric? None for a failed row or one without gold answers."""
 
 
 @dataclass(frozen=True)
@@ -84,8 +102,12 @@ class BatchResult:
 
 
 def _requests(
-    examples: Sequence[QAExample], options: BatchOptions, decoding: Decoding | None
+    examples: Sequence[QAExample],
+    options: BatchOptions,
+    decoding: Decoding | None,
+    vote: VoteConfig | None = None,
 ) -> list[QARequest]:
+    """One request per example; `vote` overrides `options.vote`."""
     return [
         QARequest(
             context=ex.context,
@@ -93,6 +115,7 @@ def _requests(
             members=options.members,
             prompts=options.prompts,
             decoding=decoding,
+            vote=vote or options.vote,
         )
         for ex in examples
     ]
@@ -140,6 +163,8 @@ def run_batch(
     greedy = Decoding(strategy="greedy", max_new_tokens=decoding.max_new_tokens)
     # A greedy main pass already holds the greedy candidates: no second pass then.
     greedy_pass = options.strategies and decoding.generate_kwargs() != greedy.generate_kwargs()
+    # the greedy pass only gives each member's greedy texts: counted, it needs no likelihoods scored
+    counted = replace(options.vote or pipeline.config.vote, rule="count")
     main: dict[int, Vote | Exception] = {}
     extra: dict[int, Vote | Exception] = {}
     seconds = {"main": 0.0, "greedy": 0.0}
@@ -156,7 +181,9 @@ def run_batch(
         if greedy_pass:
             t0 = time.perf_counter()
             extra.update(
-                zip(index, _answer_isolated(pipeline, _requests(chunk, options, greedy)), strict=True)
+                zip(
+                    index, _answer_isolated(pipeline, _requests(chunk, options, greedy, counted)), strict=True
+                )
             )
             seconds["greedy"] += time.perf_counter() - t0
         done += len(index)
@@ -182,18 +209,22 @@ def run_batch(
             strategies = strategy_answers(
                 [v.candidate for v in result.candidates],
                 greedy_candidates,
-                pipeline.config.vote,
+                options.vote or pipeline.config.vote,
                 top_beam=greedy_pass,
             )
+        abstained = abstains(result.confidence, options.min_confidence)
+        correct = any(exact_match_korquad(result.answer, a) for a in ex.answers) if ex.answers else None
         rows.append(
             RowResult(
                 ex.id,
-                result.answer,
+                "" if abstained else result.answer,
                 result.confidence,
                 result.support,
                 vote=result,
                 strategies=strategies,
                 strategy_error=strategy_error,
+                abstained=abstained,
+                correct=correct,
             )
         )
     return BatchResult(rows=rows, scores=_scores(examples, rows, options), seconds=seconds)

@@ -62,6 +62,7 @@ class InvalidVoteConfigError(ValueError):
 
     def __init__(self, field: str, problem: str) -> None:
         self.field = field
+        self.problem = problem
         super().__init__(f"{field}: {problem}")
 
 

@@ -8,21 +8,24 @@ comparing every strategy costs the one pass through the data (two generate calls
 
 Strategy ids (stable, used as report rows and JSON keys):
 ``greedy:<member>:<prompt>``, ``top-beam:<member>:<prompt>``, ``member:<member>`` (its beams x prompts voted),
-``prompt:<prompt>`` (all members' beams for that prompt voted), ``ensemble`` (every beam candidate voted).
+``prompt:<prompt>`` (all members' beams for that prompt voted), ``ensemble`` (every beam candidate voted
+under the configured rule). Beside it, when the vote is a likelihood one or the candidates carry likelihoods,
+the old rule and the new side by side: ``ensemble:count`` (``rule="count"``) and ``ensemble:likelihood``
+(``rule="likelihood"``; the count rule where a question has no likelihoods), the rest of the config the
+same. Every member and prompt strategy is voted under the configured rule; a likelihood re-vote of a subset
+weighs only the rows of the members and prompts in it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
-from ensemble.plan import BASE_MEMBER_NAME
 from ensemble.vote import Candidate, VoteConfig, vote
 
 ENSEMBLE = "ensemble"
-
-
-def member_name(candidate: Candidate) -> str:
-    return candidate.adapter if candidate.adapter is not None else BASE_MEMBER_NAME
+ENSEMBLE_COUNT = "ensemble:count"
+ENSEMBLE_LIKELIHOOD = "ensemble:likelihood"
 
 
 def _voted(candidates: Sequence[Candidate], config: VoteConfig | None) -> str:
@@ -35,21 +38,24 @@ def strategy_answers(
     config: VoteConfig | None = None,
     *,
     top_beam: bool = True,
+    both_rules: bool | None = None,
 ) -> dict[str, str]:
     """Strategy id -> answer, in a stable order (members, then prompts, then the ensemble).
 
     ``beam`` are the candidates of the beam (or sampling) pass, ``greedy`` those of an optional greedy pass.
     ``top_beam=False`` leaves out the ``top-beam:*`` ids, for a main pass that was greedy itself (its "top
-    beam" would only repeat ``greedy:*``).
+    beam" would only repeat ``greedy:*``). ``both_rules`` adds ``ensemble:count`` and
+    ``ensemble:likelihood``; None: when ``config`` needs likelihoods or a beam candidate carries them (a
+    caller re-voting many questions passes one value for all, so every row has the same ids).
     """
-    members = list(dict.fromkeys(member_name(c) for c in (*beam, *greedy)))
+    members = list(dict.fromkeys(c.member for c in (*beam, *greedy)))
     prompts = list(dict.fromkeys(c.prompt for c in (*beam, *greedy)))
     answers: dict[str, str] = {}
     for member in members:
-        own = [c for c in beam if member_name(c) == member]
+        own = [c for c in beam if c.member == member]
         for prompt in prompts:
             first_greedy = next(
-                (c for c in greedy if member_name(c) == member and c.prompt == prompt and c.beam_rank == 0),
+                (c for c in greedy if c.member == member and c.prompt == prompt and c.beam_rank == 0),
                 None,
             )
             if first_greedy is not None:
@@ -65,4 +71,10 @@ def strategy_answers(
             answers[f"prompt:{prompt}"] = _voted(same_prompt, config)
     if beam:
         answers[ENSEMBLE] = _voted(beam, config)
+        config = config or VoteConfig()
+        if both_rules is None:
+            both_rules = config.needs_likelihoods or any(c.likelihoods for c in beam)
+        if both_rules:
+            answers[ENSEMBLE_COUNT] = _voted(beam, replace(config, rule="count"))
+            answers[ENSEMBLE_LIKELIHOOD] = _voted(beam, replace(config, rule="likelihood"))
     return answers

@@ -1,14 +1,22 @@
 """Weighted fuzzy voting: many candidate answers in, one answer with its support and provenance out.
 
-Candidates are compared on a normalised form (case, spacing and punctuation ignored) with rapidfuzz,
-clustered greedily and deterministically, and the heaviest cluster wins; its weighted medoid is the answer.
+Candidates are compared on a normalised form (case, spacing and punctuation ignored) with rapidfuzz and
+clustered greedily and deterministically. Two rules then decide (``VoteConfig.rule``):
+
+- "count": the heaviest cluster wins and its weighted medoid is the answer. Weights come from the member, the
+  beam rank and grounding; the generator's beam log-probabilities are carried for provenance but not used,
+  because scores of different adapters and prompts are not calibrated against each other.
+- "likelihood": every distinct text was scored by teacher forcing under every (member, prompt) row of the
+  plan (``Candidate.likelihoods``), so every member's evidence speaks on every answer, and one member's
+  correlated beams no longer vote for its own boundary errors; the arithmetic is in ``ensemble.evidence``.
+
 Voting never looks at the context or the model: grounding is decided before (``ensemble.clean``) and arrives
-as ``Candidate.grounded``; beam log-probabilities are carried for provenance but deliberately not used as
-weights, because scores from different adapters and prompts are not calibrated against each other.
+as ``Candidate.grounded``, likelihoods are computed before (the pipeline's ``CandidateScorer``).
 """
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -18,7 +26,9 @@ from typing import Literal
 import numpy as np
 from rapidfuzz import fuzz, process
 
+from ensemble.calibration import Platt
 from ensemble.errors import InvalidVoteConfigError, NoCandidatesError
+from ensemble.evidence import Combine, Decision, decide
 from ensemble.plan import BASE_MEMBER_NAME
 
 
@@ -61,6 +71,12 @@ class Candidate:
     """``text`` scored under every (member, prompt) row of the plan (empty when the vote's rule needs no
     scores): the evidence of every member, not only of the one that produced it."""
 
+    @property
+    def member(self) -> str:
+        """The producing member's name: its adapter, or ``BASE_MEMBER_NAME`` for the base model (the name
+        ``Likelihood.member`` and the strategy ids use)."""
+        return self.adapter if self.adapter is not None else BASE_MEMBER_NAME
+
 
 @dataclass(frozen=True)
 class VoteConfig:
@@ -69,7 +85,8 @@ class VoteConfig:
     rule: Literal["count", "likelihood"] = "count"
     """"count": the heaviest cluster of weighted candidates wins (weights from member, beam rank and
     grounding). "likelihood": every distinct text is scored under every (member, prompt) row of the plan
-    (``Candidate.likelihoods``) and the evidence decides (see ``vote``)."""
+    (``Candidate.likelihoods``) and the evidence decides (see ``vote``); the count rule's fields still weigh
+    the count share (``count_mix``) and the fallback."""
 
     threshold: float = 80.0
     """Similarity (0-100) to a cluster's first member needed to join it. One edit in a 5-character answer
@@ -93,6 +110,28 @@ class VoteConfig:
     """Similarity is scaled by this when both texts contain numbers and the numbers differ: "1988년" and
     "1989년" are one edit apart but different answers."""
 
+    length_power: float = 0.0
+    """Likelihood rule: a row scores a text logprob / tokens**length_power. 0 is the text's probability
+    under the row (the end-of-answer token included, so longer texts are not free); 1 is the mean per
+    token, which stops favouring short texts."""
+    temperature: float = 1.0
+    """Likelihood rule: each row's scores are divided by this before the softmax over the distinct texts;
+    above 1 flattens a row's belief, below 1 sharpens it."""
+    combine: Combine = "mixture"
+    """Likelihood rule: how rows' distributions over the texts combine, weighted by member weight.
+    "mixture": their weighted mean (one confident row cannot veto); "product": the softmax of the weighted
+    mean of their log-probabilities (a product of experts: a text must convince every row)."""
+    count_mix: float = 0.0
+    """Likelihood rule: P = (1 - count_mix) x the rows' combined P + count_mix x the count rule's weight
+    share of the text, in [0, 1]; 0 ignores the count, 1 is the count share alone (with MBR)."""
+    mbr: bool = True
+    """Likelihood rule: answer the text with the largest expected KorQuAD character F1 against P (minimum
+    Bayes risk: a central answer wins over a slightly likelier outlier); False: the most probable text."""
+    calibration: Platt | None = None
+    """Maps the rule's raw score to ``Vote.confidence`` (Platt scaling fitted on held-out questions against
+    exact match, ``evaluation.vote_fit``): the count share, or the expected utility (P with ``mbr`` off).
+    None: the raw score is the confidence."""
+
     @property
     def needs_likelihoods(self) -> bool:
         """Does this rule need every candidate scored under every row (a teacher-forced pass)?"""
@@ -106,9 +145,29 @@ class VoteConfig:
             limit = 100.0 if name == "threshold" else 1.0
             if not 0 <= value <= limit:
                 raise InvalidVoteConfigError(f"vote.{name}", f"must be in [0, {limit:g}]; got {value!r}")
-        for name in ("rank_discount", "grounded_weight", "ungrounded_weight"):
+        for name in ("rank_discount", "grounded_weight", "ungrounded_weight", "length_power"):
             if getattr(self, name) < 0:
                 raise InvalidVoteConfigError(f"vote.{name}", f"must be >= 0; got {getattr(self, name)!r}")
+        if not self.temperature > 0 or not math.isfinite(self.temperature):
+            raise InvalidVoteConfigError(
+                "vote.temperature", f"must be a finite number > 0; got {self.temperature!r}"
+            )
+        if not 0 <= self.count_mix <= 1:
+            raise InvalidVoteConfigError("vote.count_mix", f"must be in [0, 1]; got {self.count_mix!r}")
+        if self.combine not in ("mixture", "product"):
+            raise InvalidVoteConfigError(
+                "vote.combine", f"must be 'mixture' or 'product'; got {self.combine!r}"
+            )
+        if not isinstance(self.mbr, bool):
+            raise InvalidVoteConfigError("vote.mbr", f"must be true or false; got {self.mbr!r}")
+        if self.calibration is not None and not isinstance(self.calibration, Platt):
+            raise InvalidVoteConfigError(
+                "vote.calibration", f"must be a Platt scaling or None; got {self.calibration!r}"
+            )
+
+    def calibrated(self, raw: float) -> float:
+        """``raw`` through ``calibration`` (unchanged without one)."""
+        return float(self.calibration(raw)) if self.calibration is not None else float(raw)
 
 
 @dataclass(frozen=True)
@@ -119,7 +178,8 @@ class VotedCandidate:
     cluster: int | None
     """0 is the winning cluster, then by falling weight; None for an empty text (never clustered)."""
     effective_weight: float
-    """member weight x rank weight x grounding multiplier."""
+    """Count rule: member weight x rank weight x grounding multiplier. Likelihood rule: P of its text
+    divided among the candidates sharing it (so the weights of a vote sum to 1)."""
     similarity: float
     """0-100 similarity to the final answer."""
 
@@ -130,8 +190,10 @@ class Cluster:
 
     id: int
     text: str
-    """The cluster's weighted medoid (a grounded text where the cluster has one)."""
+    """Count rule: the cluster's weighted medoid, a grounded text where the cluster has one. Likelihood rule:
+    the answer for the winner, else the cluster's most probable grounded text (any text when none is)."""
     weight: float
+    """Count rule: the candidates' summed effective weight. Likelihood rule: the P-mass of its texts."""
     support: int
 
 
@@ -141,13 +203,17 @@ class Vote:
 
     answer: str
     confidence: float
-    """Winning cluster weight / total weight of all candidates (empty ones included), 0..1."""
+    """0..1. Count rule: winning cluster weight / total weight of all candidates (empty ones included).
+    Likelihood rule: the answer's expected F1 under P (P(answer) with ``mbr`` off). Either through
+    ``VoteConfig.calibration`` when set."""
     support: int
     """Number of candidates in the winning cluster."""
     candidates: tuple[VotedCandidate, ...]
     """Every candidate, in input order."""
     adapter_agreement: dict[str, float]
-    """Per member ("base" for the base model): share of its weight inside the winning cluster."""
+    """Per member ("base" for the base model). Count rule: share of its weight inside the winning cluster.
+    Likelihood rule: the probability its own rows (mean over its prompts) give the winning cluster's texts;
+    0 for a member without rows."""
     clusters: tuple[Cluster, ...] = ()
     """All clusters, winner first: the runner-up answers."""
 
@@ -205,11 +271,15 @@ def effective_weight(candidate: Candidate, config: VoteConfig) -> float:
 def vote(
     candidates: Sequence[Candidate], config: VoteConfig | None = None, *, threshold: float | None = None
 ) -> Vote:
-    """Cluster the candidates and return the weighted medoid of the heaviest cluster.
+    """Cluster the candidates and decide by ``config.rule``.
 
-    ``threshold`` overrides ``config.threshold``. Deterministic: clusters are seeded heaviest candidate first
-    (input order on equal weight), and ties between clusters go to the larger weight, then the larger grounded
-    weight, then the cluster holding the earliest candidate. Empty texts are recorded but never win unless
+    ``threshold`` overrides ``config.threshold``. Count rule: the weighted medoid of the heaviest cluster.
+    Clusters are seeded heaviest candidate first (input order on equal weight), and ties between clusters go
+    to the larger weight, then the larger grounded weight, then the cluster holding the earliest candidate.
+    Likelihood rule: ``ensemble.evidence.decide`` (ties: larger P, grounded, earliest); the clusters are the
+    same fuzzy clusters, the one holding the answer first, the rest by falling P-mass. When a candidate with
+    a non-empty text has no likelihoods, or no row scored every text, the likelihood rule falls back to the
+    count rule (a pipeline without a scorer still answers). Empty texts are recorded but never win unless
     every text is empty, in which case the answer is "" with confidence 0.
     """
     if not candidates:
@@ -230,13 +300,77 @@ def vote(
     sim = np.zeros((len(candidates), len(candidates)))
     sim[np.ix_(live, live)] = similarity_matrix([texts[i] for i in live], config)
     groups = _cluster(live, weights, sim, config.threshold)
+    decision = decide(candidates, texts, weights, config) if config.rule == "likelihood" else None
+    if decision is not None:
+        return _likelihood_vote(candidates, config, decision, sim, groups)
     grounded = np.array([c.grounded for c in candidates])
     # Rank clusters: weight, then grounded weight, then earliest member; rounding keeps float noise from
     # deciding a tie that is exact in intent (e.g. 1/3 + 1/3 + 1/3 against 1).
     groups.sort(key=lambda g: (-round(weights[g].sum(), 9), -round(weights[g][grounded[g]].sum(), 9), min(g)))
     medoids = [_medoid(g, weights, sim, grounded) for g in groups]
-    answer_index = medoids[0]
+    total = weights.sum()
+    winners = np.isin(np.arange(len(candidates)), groups[0])
+    by_member = _weight_by_member(candidates, weights)
+    in_winner = _weight_by_member(candidates, np.where(winners, weights, 0))
+    return _assemble(
+        candidates,
+        groups,
+        [candidates[m].text for m in medoids],
+        medoids[0],
+        weights,
+        sim,
+        confidence=config.calibrated(min(1.0, weights[groups[0]].sum() / total) if total > 0 else 0.0),
+        agreement={name: (in_winner[name] / w if w > 0 else 0.0) for name, w in by_member.items()},
+    )
 
+
+def _likelihood_vote(
+    candidates: Sequence[Candidate],
+    config: VoteConfig,
+    decision: Decision,
+    sim: np.ndarray,
+    groups: list[list[int]],
+) -> Vote:
+    mass = decision.probability / np.maximum(decision.copies, 1)  # P of a text split among its copies
+    answer = decision.answer
+    winner = next(g for g in groups if answer in g)
+    rest = sorted((g for g in groups if g is not winner), key=lambda g: (-round(mass[g].sum(), 9), min(g)))
+    ordered = [winner, *rest]
+    grounded = np.array([c.grounded for c in candidates])
+
+    def likeliest(group: list[int]) -> str:
+        pool = [i for i in group if grounded[i]] or group
+        return candidates[min(pool, key=lambda i: (-round(decision.probability[i], 9), i))].text
+
+    in_winner = np.isin(np.arange(len(candidates)), winner)
+    agreement = {
+        name: float((p / np.maximum(decision.copies, 1))[in_winner].sum())
+        for name, p in decision.member_probability.items()
+    }
+    return _assemble(
+        candidates,
+        ordered,
+        [candidates[answer].text, *(likeliest(g) for g in rest)],
+        answer,
+        mass,
+        sim,
+        confidence=config.calibrated(min(1.0, decision.raw_confidence)),
+        agreement={name: agreement.get(name, 0.0) for name in _weight_by_member(candidates, mass)},
+    )
+
+
+def _assemble(
+    candidates: Sequence[Candidate],
+    groups: list[list[int]],
+    cluster_texts: list[str],
+    answer_index: int,
+    weights: np.ndarray,
+    sim: np.ndarray,
+    *,
+    confidence: float,
+    agreement: dict[str, float],
+) -> Vote:
+    """The Vote of ranked clusters (winner first) whose answer is candidate ``answer_index``'s text."""
     cluster_of = {i: k for k, group in enumerate(groups) for i in group}
     voted = tuple(
         VotedCandidate(
@@ -247,24 +381,16 @@ def vote(
         )
         for i, c in enumerate(candidates)
     )
-    total = weights.sum()
-    winners = set(groups[0])
-    by_member = _weight_by_member(candidates, weights)
-    in_winner = _weight_by_member(
-        candidates, np.where([i in winners for i in range(len(candidates))], weights, 0)
-    )
     clusters = tuple(
-        Cluster(id=k, text=candidates[m].text, weight=float(weights[g].sum()), support=len(g))
-        for k, (g, m) in enumerate(zip(groups, medoids, strict=True))
+        Cluster(id=k, text=text, weight=float(weights[g].sum()), support=len(g))
+        for k, (g, text) in enumerate(zip(groups, cluster_texts, strict=True))
     )
     return Vote(
         answer=candidates[answer_index].text,
-        confidence=float(min(1.0, weights[groups[0]].sum() / total)) if total > 0 else 0.0,
+        confidence=confidence,
         support=len(groups[0]),
         candidates=voted,
-        adapter_agreement={
-            name: (in_winner[name] / weight if weight > 0 else 0.0) for name, weight in by_member.items()
-        },
+        adapter_agreement=agreement,
         clusters=clusters,
     )
 
@@ -295,6 +421,6 @@ def _medoid(group: list[int], weights: np.ndarray, sim: np.ndarray, grounded: np
 def _weight_by_member(candidates: Sequence[Candidate], weights: np.ndarray) -> dict[str, float]:
     totals: dict[str, float] = {}
     for candidate, weight in zip(candidates, weights, strict=True):
-        name = candidate.adapter if candidate.adapter is not None else BASE_MEMBER_NAME
+        name = candidate.member
         totals[name] = totals.get(name, 0.0) + float(weight)
     return totals

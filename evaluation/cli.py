@@ -1,4 +1,4 @@
-"""`qa-eval`: score a prediction file, or run the pipeline offline over a data file and write a report.
+"""`qa-eval`: score predictions, run the pipeline offline into a report, fit or re-vote saved candidates.
 
     qa-eval score --data FILE --predictions FILE [--metric korquad|squad] [--split train|eval|all]
     qa-eval run --data FILE [--split train|eval|all] [--ids FILE] [--limit N] [--sample-seed S] [--out DIR]
@@ -6,13 +6,21 @@
                 [--dtype T] [--max-input-tokens N] [--prompts a,b,c] [--num-beams N] [--members N]
                 [--max-new-tokens N] [--chunk-size N] [--metric korquad|squad] [--no-strategies]
                 [--no-progress]
+    qa-eval fit-vote --candidates FILE --out FILE
+    qa-eval revote --candidates FILE [--vote FILE] [--out FILE]
+
+`fit-vote` fits the vote (rule, weights, calibration) on the candidates.jsonl of a run over HELD-OUT TRAIN
+questions and writes a vote.json to ship beside the adapters (`adapters/<model key>/vote.json`); `revote`
+re-votes a candidates.jsonl (the eval split's, to check a fitted vote offline; never fit on it) and prints
+F1/EM of every strategy and the calibration error of the ensemble's confidence.
 
 `--split` keeps only the questions whose article falls in the project's fixed md5-by-title split
 (KorQuAD/SQuAD JSON only); `all` (the default) keeps every question of any supported file. `--limit N` then
 draws a fixed random sample of N questions with `random.Random(--sample-seed)` (default seed 0) and puts it
 back into file order, so the same file, split, limit and seed always select the same questions. `--ids FILE`
 first keeps only the questions it names (e.g. `qa-train`'s held-out ids, to measure on data no member saw).
-This module only parses arguments and prints; the work is in `evaluation.run` and `ensemble`.
+This module only parses arguments and prints; the work is in `evaluation.run`, `evaluation.vote_fit` and
+`ensemble`.
 """
 
 from __future__ import annotations
@@ -122,6 +130,57 @@ def _run(args: argparse.Namespace) -> int:
     execute(config, selection)
     sys.stdout.write((out / "report.md").read_text("utf-8"))
     sys.stderr.write(f"report written to {out}\n")
+    return 0
+
+
+def _fit_vote(args: argparse.Namespace) -> int:
+    from ensemble.vote_file import write_vote_file
+    from evaluation.candidates import read_candidates
+    from evaluation.vote_fit import fit_vote, source_facts
+
+    source = source_facts(args.candidates)  # refuses a file of the eval split
+    vote_file = fit_vote(read_candidates(args.candidates), source=source)
+    vote_file.provenance["fitted_by"] = args.command
+    write_vote_file(args.out, vote_file)
+    provenance = vote_file.provenance
+    f1 = provenance["f1"]
+    sys.stdout.write(
+        f"rule {provenance['rule']} on {provenance['candidates']['questions']} questions "
+        f"({provenance['candidates']['with_likelihoods']} with likelihoods) in {provenance['seconds']}s\n"
+        f"F1 chosen {f1['chosen']:.2f}  count {f1['count']:.2f}  likelihood "
+        f"{'-' if f1['likelihood'] is None else format(f1['likelihood'], '.2f')}  oracle {f1['oracle']:.2f}\n"
+        f"ECE raw {provenance['calibration']['ece_raw']:.4f}, calibrated "
+        f"{provenance['calibration']['ece_calibrated']:.4f} (in-sample)\n"
+    )
+    sys.stderr.write(f"vote config written to {args.out}\n")
+    return 0
+
+
+def _revote(args: argparse.Namespace) -> int:
+    import json
+
+    from ensemble.vote import VoteConfig
+    from ensemble.vote_file import read_vote_file
+    from evaluation.candidates import read_candidates
+    from evaluation.selection import sha256_of
+    from evaluation.vote_fit import revote, revote_to_json
+
+    config = read_vote_file(args.vote).vote if args.vote else VoteConfig()
+    result = revote(read_candidates(args.candidates), config)
+    source = {"file": args.candidates.name, "sha256": sha256_of(args.candidates)}
+    out = args.out or args.candidates.with_name("revote.json")
+    out.write_text(
+        json.dumps(revote_to_json(result, config, source), ensure_ascii=False, indent=2) + "\n", "utf-8"
+    )
+    width = max(len(s) for s in result.scores)
+    lines = [f"{'strategy':<{width}}      EM      F1"]
+    lines += [f"{s:<{width}}  {v.exact_match:6.2f}  {v.f1:6.2f}" for s, v in result.scores.items()]
+    lines.append(
+        f"ECE of the ensemble's confidence: {result.ece:.4f} ({result.questions} questions, "
+        f"{result.with_likelihoods} with likelihoods)"
+    )
+    sys.stdout.write("\n".join(lines) + "\n")
+    sys.stderr.write(f"re-vote written to {out}\n")
     return 0
 
 
@@ -242,6 +301,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     run.set_defaults(handler=_run)
+
+    fit = commands.add_parser(
+        "fit-vote",
+        help="fit the vote on a held-out train run's candidates.jsonl and write vote.json",
+        description="Grid-search the count and likelihood vote rules for mean KorQuAD F1, calibrate the "
+        "chosen rule's confidence (Platt, against exact match) and write vote.json with its provenance. "
+        "Only on held-out TRAIN questions: a file whose report.json says the eval split is refused.",
+    )
+    fit.add_argument(
+        "--candidates", type=Path, metavar="FILE", required=True, help="candidates.jsonl of a qa-eval run"
+    )
+    fit.add_argument(
+        "--out", type=Path, metavar="FILE", required=True, help="vote.json to write (e.g. adapters/<key>/)"
+    )
+    fit.set_defaults(handler=_fit_vote)
+
+    again = commands.add_parser(
+        "revote",
+        help="re-vote a candidates.jsonl under a vote config: F1/EM of every strategy and the ECE",
+    )
+    again.add_argument(
+        "--candidates", type=Path, metavar="FILE", required=True, help="candidates.jsonl of a qa-eval run"
+    )
+    again.add_argument(
+        "--vote", type=Path, metavar="FILE", help="vote.json to vote with (default: the built-in VoteConfig)"
+    )
+    again.add_argument(
+        "--out", type=Path, metavar="FILE", help="JSON to write (default: revote.json beside the candidates)"
+    )
+    again.set_defaults(handler=_revote)
     return parser
 
 

@@ -2,6 +2,8 @@
 
 `f1_by_strategy.png`: F1 per strategy as horizontal bars, in the report's order (ensemble on top).
 `context_tokens.png`: histogram of prompt lengths in base-model tokens, with the model's input limit marked.
+`reliability.png`: the ensemble's confidence against how often its answer is right, per confidence bin (the
+report's calibration section), with the diagonal of perfect calibration and the questions per bin.
 This module only draws; the numbers come from the report.
 """
 
@@ -21,6 +23,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 F1_PLOT = "f1_by_strategy.png"
 TOKENS_PLOT = "context_tokens.png"
+RELIABILITY_PLOT = "reliability.png"
 _BLUE, _RED = "#4f81bd", "#c0504d"
 
 
@@ -77,6 +80,54 @@ def plot_token_lengths(lengths: Sequence[int], limit: int, path: Path, *, title:
         ax.set_xlabel("tokens (longest rendered prompt per question, base tokenizer)")
         ax.set_ylabel("questions")
         ax.set_title(title or "Prompt length", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def plot_reliability(calibration: Mapping[str, Any] | None, path: Path, *, title: str = "") -> Path | None:
+    """Accuracy per confidence bin as bars (labelled with their question counts) over the diagonal, and the
+    counts as a histogram below; nothing is drawn (None) without a calibration section (no gold answers)."""
+    if not calibration:
+        return None
+    bins = calibration["reliability"]
+    centers = [(b["lower"] + b["upper"]) / 2 for b in bins]
+    widths = [b["upper"] - b["lower"] for b in bins]
+    counts = [b["count"] for b in bins]
+    fig, (ax, below) = plt.subplots(
+        2, 1, figsize=(6, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
+    )
+    try:
+        filled = [i for i, n in enumerate(counts) if n]
+        bars = ax.bar(
+            [centers[i] for i in filled],
+            [bins[i]["accuracy"] for i in filled],
+            width=[0.95 * widths[i] for i in filled],
+            color=_BLUE,
+            label="accuracy (exact match)",
+        )
+        ax.bar_label(bars, labels=[f"n={counts[i]:,}" for i in filled], padding=2, fontsize=7)
+        ax.scatter(
+            [bins[i]["mean_confidence"] for i in filled],
+            [bins[i]["accuracy"] for i in filled],
+            color="black",
+            marker="o",
+            s=12,
+            zorder=3,
+            label="mean confidence of the bin",
+        )
+        ax.plot([0, 1], [0, 1], color=_RED, linestyle="--", label="perfect calibration")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.08)
+        ax.set_ylabel("accuracy")
+        ax.set_title(f"{title or 'Reliability'} (ECE {calibration['ece']:.3f})", fontsize=10)
+        ax.legend(loc="upper left", fontsize=8)
+        below.bar(centers, counts, width=[0.95 * w for w in widths], color=_BLUE)
+        below.yaxis.set_major_locator(MaxNLocator(integer=True))
+        below.set_xlabel("confidence")
+        below.set_ylabel("questions")
         fig.tight_layout()
         fig.savefig(path, dpi=120)
     finally:

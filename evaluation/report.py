@@ -1,6 +1,9 @@
 """The run report: `report.json` (every fact needed to reproduce and compare a run) and `report.md` (a short
 table meant to be pasted into docs/benchmarks.md), the markdown rendered from the JSON so the two
-never disagree.
+never disagree. On gold data it has a calibration section: how well the ensemble's confidence predicts that
+its answer is right (KorQuAD exact match, `RowResult.correct`): the expected calibration error, the
+reliability bins, and what abstaining below a few `min_confidence` values would keep and how often that is
+right.
 
 This module formats; it runs no model and imports no torch (versions come from package metadata).
 """
@@ -17,12 +20,16 @@ from pathlib import Path
 from typing import Any
 
 from ensemble.batch import BatchResult
+from ensemble.calibration import coverage_at, expected_calibration_error, reliability
 from ensemble.plan import Decoding
 from ensemble.strategies import ENSEMBLE
 
 SCHEMA = "qa-eval.report/1"
 KORQUAD_ATTRIBUTION = "KorQuAD 1.0 (LG CNS), CC BY-ND 2.0 KR"
 SOFTWARE = ("torch", "transformers", "peft", "bitsandbytes", "qa-ensemble")
+CALIBRATION_BINS = 10
+ABSTAIN_THRESHOLDS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9)
+"""The min_confidence values the report prices (0.0 = answer everything: the plain EM)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +108,44 @@ def token_summary(lengths: Sequence[int], limit: int) -> dict[str, Any]:
     }
 
 
+def calibration_summary(result: BatchResult, *, bins: int = CALIBRATION_BINS) -> dict[str, Any] | None:
+    """The ensemble's confidence against the correctness of its answer, over the answered gold rows (failed
+    rows have no confidence and are left out, counted in `failed_rows`); None without gold answers."""
+    rows = [row for row in result.rows if row.error is None and row.correct is not None]
+    if not rows:
+        return None
+    confidences = [row.confidence for row in rows]
+    correct = [bool(row.correct) for row in rows]
+    return {
+        "measure": "ensemble confidence vs exact match (KorQuAD) of the ensemble's answer",
+        "questions": len(rows),
+        "failed_rows": len(result.failed),
+        "bins": bins,
+        "ece": round(expected_calibration_error(confidences, correct, bins), 4),
+        "mean_confidence": round(sum(confidences) / len(rows), 4),
+        "accuracy": round(sum(correct) / len(rows), 4),
+        "reliability": [
+            {
+                "lower": round(b.lower, 4),
+                "upper": round(b.upper, 4),
+                "count": b.count,
+                "mean_confidence": round(b.mean_confidence, 4),
+                "accuracy": round(b.accuracy, 4),
+            }
+            for b in reliability(confidences, correct, bins)
+        ],
+        "abstention": [
+            {
+                "min_confidence": c.min_confidence,
+                "answered": c.answered,
+                "coverage": round(c.coverage, 4),
+                "accuracy": round(c.accuracy, 4) if c.accuracy is not None else None,
+            }
+            for c in coverage_at(confidences, correct, ABSTAIN_THRESHOLDS)
+        ],
+    }
+
+
 def build_report(facts: RunFacts, result: BatchResult, token_lengths: Sequence[int]) -> dict[str, Any]:
     n = len(result.rows)
     decoding = facts.decoding
@@ -170,6 +215,7 @@ def build_report(facts: RunFacts, result: BatchResult, token_lengths: Sequence[i
         },
         "tokens": token_summary(token_lengths, facts.max_input_tokens),
         "strategies": strategies,
+        "calibration": calibration_summary(result),
         "failed": [{"id": row.id, "error": row.error} for row in result.failed],
     }
 
@@ -216,6 +262,7 @@ def render_markdown(report: Mapping[str, Any], *, max_failed: int = 5) -> str:
         ]
     else:
         lines.append("Not scored: the data has no gold answers for every question.")
+    lines += _calibration_markdown(report.get("calibration"))
     for failed in report["failed"][:max_failed]:
         lines.append(f"- failed `{failed['id']}`: {failed['error']}")
     if len(report["failed"]) > max_failed:
@@ -225,3 +272,28 @@ def render_markdown(report: Mapping[str, Any], *, max_failed: int = 5) -> str:
     if data["attribution"]:
         lines += ["", f"Data: {data['attribution']}."]
     return "\n".join(lines) + "\n"
+
+
+def _calibration_markdown(calibration: Mapping[str, Any] | None) -> list[str]:
+    if not calibration:
+        return []
+    lines = [
+        "",
+        f"Calibration over {calibration['questions']:,} answered questions: ECE {calibration['ece']:.3f} "
+        f"({calibration['bins']} bins), mean confidence {calibration['mean_confidence']:.3f}, exact match "
+        f"{calibration['accuracy']:.3f} (reliability.png).",
+        "",
+        "| confidence | questions | mean confidence | accuracy |",
+        "|---|---:|---:|---:|",
+    ]
+    for b in calibration["reliability"]:
+        if b["count"]:
+            lines.append(
+                f"| {b['lower']:.1f}-{b['upper']:.1f} | {b['count']:,} | {b['mean_confidence']:.3f} | "
+                f"{b['accuracy']:.3f} |"
+            )
+    lines += ["", "| min_confidence | answered | coverage | accuracy of answered |", "|---:|---:|---:|---:|"]
+    for c in calibration["abstention"]:
+        accuracy = f"{c['accuracy']:.3f}" if c["accuracy"] is not None else "-"
+        lines.append(f"| {c['min_confidence']:.1f} | {c['answered']:,} | {c['coverage']:.3f} | {accuracy} |")
+    return lines

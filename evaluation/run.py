@@ -2,15 +2,14 @@
 
 The folder holds report.md, report.json, predictions.csv (`id,answer`, a submission file), predictions.json
 (`{id: answer}`, the ensemble's answers), candidates.jsonl (per question its gold answers, the answer and
-every candidate with its provenance: what a vote rule can be studied or fitted on offline) and the two
-plots. The pipeline is the service's own (built by
-`engine.build_engine`), so the numbers describe what users get. Scoring, voting and batching live in
-`ensemble`; this module only wires them together and records the run.
+every candidate with its provenance and likelihoods: what `qa-eval revote` / `fit-vote` read) and the
+plots (F1 by strategy, prompt lengths, the reliability of the confidence). The pipeline is the service's
+own (built by `engine.build_engine`), so the numbers describe what users get. Scoring, voting and batching
+live in `ensemble`; this module only wires them together and records the run.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -28,9 +27,17 @@ from ensemble.datasets import QAExample, write_predictions_csv
 from ensemble.metric import Metric
 from ensemble.plan import BASE_MEMBER_NAME, Decoding
 from ensemble.prompts import render_prompt
-from evaluation.plots import F1_PLOT, TOKENS_PLOT, plot_f1_by_strategy, plot_token_lengths
+from evaluation.candidates import CANDIDATES, QuestionCandidates, question_to_json
+from evaluation.plots import (
+    F1_PLOT,
+    RELIABILITY_PLOT,
+    TOKENS_PLOT,
+    plot_f1_by_strategy,
+    plot_reliability,
+    plot_token_lengths,
+)
 from evaluation.report import RunFacts, build_report, render_markdown
-from evaluation.selection import Selection
+from evaluation.selection import Selection, sha256_of
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +80,6 @@ def _quantization(model: Any) -> str:
     return "4bit" if in_4bit or getattr(model, "is_loaded_in_4bit", False) else "none"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _answer(engine: Engine, examples: Sequence[QAExample], config: RunConfig) -> BatchResult:
     options = BatchOptions(
         prompts=config.engine.default_prompts,
@@ -112,7 +111,7 @@ def execute(config: RunConfig, selection: Selection) -> dict[str, Any]:
         command=config.command,
         started=started,
         data_path=config.data_path,
-        data_sha256=_sha256(config.data_path),
+        data_sha256=sha256_of(config.data_path),
         split=selection.split,
         n_in_split=selection.n_in_split,
         sample_seed=selection.sample_seed,
@@ -138,37 +137,24 @@ def execute(config: RunConfig, selection: Selection) -> dict[str, Any]:
     return report
 
 
-CANDIDATES = "candidates.jsonl"
-
-
 def write_candidates(path: Path, examples: Sequence[QAExample], result: BatchResult) -> None:
     """One JSON line per question, in input order: id, gold answers, the ensemble's answer and confidence,
     the row's error, and every candidate of the main pass (text, raw output, adapter, prompt, beam rank,
-    log-probability, grounded, member weight)."""
+    log-probability, grounded, member weight, and its likelihoods under every (member, prompt) row when the
+    vote scored them: ``[[member, prompt, logprob, tokens], ...]``). The format is
+    `evaluation.candidates`, which reads it back."""
     with path.open("w", encoding="utf-8") as fh:
         for ex, row in zip(examples, result.rows, strict=True):
-            candidates = [] if row.vote is None else [v.candidate for v in row.vote.candidates]
-            line = {
-                "id": row.id,
-                "answers": list(ex.answers),
-                "answer": row.answer,
-                "confidence": row.confidence,
-                "error": row.error,
-                "candidates": [
-                    {
-                        "text": c.text,
-                        "raw": c.raw,
-                        "adapter": c.adapter,
-                        "prompt": c.prompt,
-                        "beam_rank": c.beam_rank,
-                        "score": c.score,
-                        "grounded": c.grounded,
-                        "weight": c.weight,
-                    }
-                    for c in candidates
-                ],
-            }
-            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+            candidates = () if row.vote is None else tuple(v.candidate for v in row.vote.candidates)
+            question = QuestionCandidates(
+                id=row.id,
+                answers=tuple(ex.answers),
+                candidates=candidates,
+                answer=row.answer,
+                confidence=row.confidence,
+                error=row.error,
+            )
+            fh.write(json.dumps(question_to_json(question), ensure_ascii=False) + "\n")
 
 
 def _write(out: Path, report: dict[str, Any], result: BatchResult, lengths: Sequence[int]) -> None:
@@ -183,3 +169,4 @@ def _write(out: Path, report: dict[str, Any], result: BatchResult, lengths: Sequ
     if report["strategies"]:
         plot_f1_by_strategy(report["strategies"], out / F1_PLOT, title=f"F1 by strategy: {about}")
     plot_token_lengths(lengths, report["tokens"]["limit"], out / TOKENS_PLOT, title=f"Prompt length: {about}")
+    plot_reliability(report["calibration"], out / RELIABILITY_PLOT, title=f"Reliability: {about}")

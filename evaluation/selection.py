@@ -7,6 +7,7 @@ limit and seed always select the same questions, in the same order, on any machi
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from collections.abc import Sequence
@@ -76,3 +77,12 @@ def select(
     if limit is None or limit >= len(examples):
         return Selection(examples, split, len(examples), limit, None)
     return Selection(sample_examples(examples, limit, seed), split, len(examples), limit, seed)
+
+
+def sha256_of(path: Path) -> str:
+    """The file's sha256 (hex): what a report or a fitted vote records of the file it read."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

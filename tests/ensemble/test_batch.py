@@ -21,6 +21,7 @@ from ensemble.metric import score_predictions
 from ensemble.pipeline import CandidateGenerator, EnsemblePipeline
 from ensemble.plan import Decoding
 from ensemble.strategies import ENSEMBLE
+from ensemble.vote import VoteConfig
 
 # question -> (beam outputs best first, the greedy output); "BOOM" makes the generator raise.
 SCRIPT = {
@@ -254,3 +255,47 @@ def test_merge_refuses_parts_that_do_not_fit() -> None:
 def test_merge_of_no_rows() -> None:
     empty: list[QAExample] = []
     assert merge_parts(empty, [], [], BatchOptions()) == BatchResult(rows=[], scores=None, seconds={})
+
+
+def test_rows_on_gold_record_whether_the_votes_answer_is_an_exact_match() -> None:
+    result, _ = run()
+    assert [row.correct for row in result.rows] == [True, True, False, None, True]  # q4 failed
+    examples = [replace(EXAMPLES[0], answers=())]
+    result, _ = run(examples)
+    assert result.rows[0].correct is None
+
+
+def test_rows_below_min_confidence_abstain_keeping_id_order_and_vote() -> None:
+    plain, _ = run()
+    confidences = {row.id: row.confidence for row in plain.rows}
+    cut = sorted(set(confidences.values()))[-1]  # only the most confident rows answer
+    result, _ = run(min_confidence=cut)
+    assert [row.id for row in result.rows] == ["q1", "q2", "q3", "q4", "q5"]
+    for row, before in zip(result.rows, plain.rows, strict=True):
+        if row.error is not None:
+            assert not row.abstained  # a failed row has no confidence to abstain on
+            continue
+        assert row.abstained is (before.confidence < cut)
+        assert row.answer == ("" if row.abstained else before.answer)
+        assert row.vote is not None and row.vote.answer == before.answer  # the alternatives stay
+        assert (row.confidence, row.correct) == (before.confidence, before.correct)
+    assert any(row.abstained for row in result.rows) and not all(row.abstained for row in result.rows)
+    assert result.scores is not None  # an abstained row is scored as "" (wrong)
+    answered = {row.id: row.answer for row in result.rows if row.error is None}
+    gold = {ex.id: list(ex.answers) for ex in EXAMPLES}
+    assert result.scores[ENSEMBLE] == score_predictions(gold, answered)
+
+
+def test_min_confidence_must_be_a_probability() -> None:
+    with pytest.raises(ValueError, match="min_confidence"):
+        BatchOptions(min_confidence=1.5)
+
+
+def test_options_vote_overrides_the_pipelines_vote_for_rows_and_strategies() -> None:
+    # Only ungrounded text counts: q2's context names 베토벤, not 모차르트 (beam 1) or 바흐 (beam 2).
+    vote = VoteConfig(grounded_weight=0.0, ungrounded_weight=1.0)
+    result, _ = run(strategies=True, vote=vote)
+    row = result.rows[1]
+    assert row.answer == "모차르트"
+    assert row.strategies["member:base"] == "모차르트"
+    assert run()[0].rows[1].answer == "베토벤"

@@ -214,7 +214,7 @@ def test_all_empty_outputs_give_an_empty_answer() -> None:
 
 @dataclass
 class ScoringGenerator(FakeGenerator):
-    """A fake that also scores: the log-probability of a text is a function of its adapter, prompt and text."""
+    """A fake that also scores: a text's log-probability is a function of its adapter and text."""
 
     score_calls: list[dict[str, Any]] = field(default_factory=list)
     wrong_count: bool = False

@@ -1,7 +1,7 @@
 """Per-strategy answers re-voted from one pass's candidates: ids, order and answers for a scripted set."""
 
 from ensemble.plan import BASE_MEMBER_NAME
-from ensemble.strategies import ENSEMBLE, member_name, strategy_answers
+from ensemble.strategies import ENSEMBLE, strategy_answers
 from ensemble.vote import Candidate
 
 # Member "a" votes with weight 1, "b" with weight 2; beam rank r weighs 1 / (1 + r). The texts share no
@@ -78,7 +78,7 @@ def test_without_a_greedy_pass_there_are_no_greedy_ids() -> None:
 def test_the_base_model_is_named_base() -> None:
     beam = [candidate("서울", None, "zero-shot", 0), candidate("부산", None, "zero-shot", 1)]
     greedy = [candidate("부산", None, "zero-shot", 0)]
-    assert member_name(beam[0]) == BASE_MEMBER_NAME
+    assert beam[0].member == BASE_MEMBER_NAME
     assert strategy_answers(beam, greedy) == {
         "greedy:base:zero-shot": "부산",
         "top-beam:base:zero-shot": "서울",

@@ -2,6 +2,7 @@
 files, their shape and the bookkeeping are what is checked)."""
 
 import csv
+import itertools
 import json
 from pathlib import Path
 from typing import Any
@@ -39,9 +40,9 @@ def report(report_dir: Path) -> dict[str, Any]:
 
 def test_the_report_folder_has_every_file(report_dir: Path) -> None:
     names = {"report.md", "report.json", "predictions.csv", "predictions.json"}
-    names |= {"f1_by_strategy.png", "context_tokens.png"}
+    names |= {"f1_by_strategy.png", "context_tokens.png", "reliability.png"}
     assert names <= {p.name for p in report_dir.iterdir()}
-    for png in ("f1_by_strategy.png", "context_tokens.png"):
+    for png in ("f1_by_strategy.png", "context_tokens.png", "reliability.png"):
         data = (report_dir / png).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000
 
@@ -103,10 +104,26 @@ def test_predictions_files_hold_every_id(report_dir: Path, report: dict[str, Any
 def test_report_md_is_a_small_table(report_dir: Path) -> None:
     text = (report_dir / "report.md").read_text("utf-8")
     assert "| strategy | EM | F1 | pass | pass seconds |" in text
-    table = [line for line in text.splitlines() if line.startswith("| ")]
+    lines = text.splitlines()
+    start = lines.index("| strategy | EM | F1 | pass | pass seconds |")
+    block = itertools.takewhile(lambda line: line.startswith("|"), lines[start:])
+    table = [line for line in block if line.startswith("| ")]  # the header and the rows, not the rule
     assert table[1].startswith("| ensemble |") and len(table) == 1 + 3 * (2 * 2 + 1) + 2 + 1
     assert "share that pass's generation time" in text and "KorQuAD" not in text
-    assert len(text.splitlines()) < 60
+    assert "Calibration over 4 answered questions" in text  # the fixture has gold answers
+    assert len(lines) < 80
+
+
+def test_report_json_has_the_calibration_of_the_ensembles_confidence(report: dict[str, Any]) -> None:
+    calibration = report["calibration"]
+    assert calibration["questions"] == 4 and calibration["failed_rows"] == 0
+    assert sum(b["count"] for b in calibration["reliability"]) == 4 and len(calibration["reliability"]) == 10
+    assert 0.0 <= calibration["ece"] <= 1.0
+    # The ensemble's EM in the report, as a share, is the calibration's accuracy (no row failed).
+    assert calibration["accuracy"] * 100 == report["strategies"]["ensemble"]["exact_match"]
+    assert calibration["abstention"][0] == {
+        "min_confidence": 0.0, "answered": 4, "coverage": 1.0, "accuracy": calibration["accuracy"],
+    }  # fmt: skip
 
 
 def test_prompts_over_the_input_limit_fail_their_rows_and_are_reported(
