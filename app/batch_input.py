@@ -1,7 +1,8 @@
 """The body of `POST /batch` (JSON rows, or a multipart upload with form fields) -> a `PreparedBatch`.
 
 Everything is checked before anything runs: the rows (`ensemble.datasets`, which names the row and
-field), their count and lengths, and the members/prompts/decoding (`QAService.resolve`, shared with /answer).
+field), their count and lengths, and the members/prompts/decoding/vote (`QAService.resolve`, shared with
+/answer) and min_confidence (the request's, else the server's).
 A problem is one typed error (`BatchInputError`, or FastAPI's `RequestValidationError` for option fields), so
 a bad batch never starts. Reading the bytes off the wire is the route's job; running the batch is
 `app.batch_result`'s.
@@ -28,6 +29,7 @@ from ensemble.datasets import DataFormatError, QAExample, load_examples, parse_r
 Source = Literal["file", "rows"]
 T = TypeVar("T")
 _LIST_FIELDS = ("adapters", "prompts")
+_JSON_FIELDS = ("decoding", "vote")
 
 
 class BatchInputError(ValueError):
@@ -105,7 +107,8 @@ class ReceivedBatch:
 
 
 def from_json(body: bytes, service: QAService) -> PreparedBatch:
-    """`{"rows": [...], "adapters"?, "prompts"?, "decoding"?, "strategies"?, "explain"?, "metric"?}`."""
+    """`{"rows": [...], "adapters"?, "prompts"?, "decoding"?, "vote"?, "min_confidence"?, "strategies"?,
+    "explain"?, "metric"?}`."""
     try:
         document = bounded_json.loads(body.decode("utf-8"))
     except UnicodeDecodeError as exc:
@@ -123,7 +126,8 @@ def from_json(body: bytes, service: QAService) -> PreparedBatch:
 
 
 def form_options(form: FormData) -> tuple[BatchFormRequest, UploadFile]:
-    """The options among the form fields (lists comma-separated, decoding as JSON) and the one upload."""
+    """The options among the form fields (lists comma-separated, decoding and vote as JSON) and the one
+    upload."""
     uploads = form.getlist("file")
     if len(uploads) != 1 or not isinstance(uploads[0], UploadFile):
         raise BatchInputError(
@@ -149,7 +153,7 @@ def form_options(form: FormData) -> tuple[BatchFormRequest, UploadFile]:
             continue  # an empty field means the default, as HTML forms send unset fields
         if key in _LIST_FIELDS:
             fields[key] = [name.strip() for name in text.split(",")]
-        elif key == "decoding":
+        elif key in _JSON_FIELDS:
             fields[key] = _json_or_text(text)
         else:
             fields[key] = text
@@ -186,7 +190,7 @@ def prepare(
                 row=n,
                 id=ex.id,
             ) from exc
-    plan = service.resolve(request.adapters, request.prompts, request.decoding)
+    plan = service.resolve(request.adapters, request.prompts, request.decoding, request.vote)
     strategies = request.strategies
     if strategies is None:
         strategies = all(ex.answers for ex in examples)
@@ -197,6 +201,8 @@ def prepare(
         strategies=strategies,
         chunk_size=s.batch_chunk_size,
         metric=request.metric,
+        vote=plan.vote,
+        min_confidence=service.min_confidence(request.min_confidence),
     )
     return PreparedBatch(examples=examples, options=options, explain=request.explain)
 

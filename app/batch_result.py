@@ -13,7 +13,7 @@ from dataclasses import asdict
 from app.batch_input import PreparedBatch
 from app.errors import public_error
 from app.schemas import BatchResponse, BatchRowOut, ScoresOut
-from app.service import QAService, to_candidates
+from app.service import QAService, to_candidates, to_clusters
 from ensemble.batch import BatchResult
 
 logger = logging.getLogger(__name__)
@@ -48,9 +48,11 @@ def to_batch_response(result: BatchResult, *, explain: bool, strategies: bool) -
     rows = [
         BatchRowOut(
             id=row.id,
-            answer=row.answer,
+            answer=None if row.abstained else row.answer,
+            abstained=row.abstained,
             confidence=row.confidence,
             support=row.support,
+            clusters=to_clusters(row.vote) if row.vote is not None and (explain or row.abstained) else None,
             error=row.error,
             strategies=dict(row.strategies) if strategies else None,
             candidates=to_candidates(row.vote) if explain and row.vote is not None else None,

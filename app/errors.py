@@ -28,7 +28,13 @@ from app.job_errors import JobFinishedError, JobNotReadyError, TooManyJobsError,
 from app.limits import BodyTooLargeError
 from app.schemas import ErrorResponse
 from app.service import RequestLimitError, ServiceNotReadyError, UnknownMemberError
-from ensemble.errors import EmptyPlanError, InvalidDecodingError, NoCandidatesError, UnknownPromptError
+from ensemble.errors import (
+    EmptyPlanError,
+    InvalidDecodingError,
+    InvalidVoteConfigError,
+    NoCandidatesError,
+    UnknownPromptError,
+)
 from models.errors import (
     AdapterBaseMismatchError,
     AdapterCapacityError,
@@ -172,6 +178,11 @@ def _named(status: int, error_type: str, field: str | None) -> Handler:
     return handler
 
 
+async def _vote_config(_: Request, exc: InvalidVoteConfigError) -> JSONResponse:
+    # The field is the setting's own (`vote.threshold`): a request's override, checked by the dataclass.
+    return error_body(422, str(exc), "invalid_vote", {"field": exc.field})
+
+
 async def _batch_input(_: Request, exc: BatchInputError) -> JSONResponse:
     return error_body(exc.status, str(exc), exc.error_type, exc.detail)
 
@@ -222,6 +233,7 @@ _HANDLERS: dict[type[Exception], Handler] = {
     UnknownMemberError: _named(422, "unknown_adapter", "adapters"),
     UnknownPromptError: _named(422, "unknown_prompt", "prompts"),
     InvalidDecodingError: _named(422, "invalid_decoding", "decoding"),
+    InvalidVoteConfigError: _vote_config,
     EmptyPlanError: _named(422, "empty_plan", None),
     NoCandidatesError: _named(422, "no_candidates", None),
     PromptTooLongError: _named(413, "prompt_too_long", "context"),

@@ -1,7 +1,8 @@
 """Pydantic request/response models of the HTTP API (the OpenAPI schema is generated from these).
 
 Shape only: limits that depend on settings (max beams, lengths) are checked in `app.service`, so that the
-schema stays static and the error names the field either way.
+schema stays static and the error names the field either way. The `vote` field's model, derived from
+`ensemble.vote.VoteConfig`, is `app.vote_request`'s.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from app.vote_request import VoteRequest
 
 
 class DecodingRequest(BaseModel):
@@ -48,6 +51,18 @@ class DecodingRequest(BaseModel):
         if isinstance(value, bool):
             raise ValueError("must be a number, not a boolean")
         return value
+
+
+def _probability(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
+_MIN_CONFIDENCE_DOC = (
+    "Abstain below this confidence (0..1): the answer is null and `abstained` true; the clusters still "
+    "show the alternatives. Default: the server's QA_MIN_CONFIDENCE (unset: never abstain)."
+)
 
 
 def _not_blank(value: str) -> str:
@@ -89,11 +104,18 @@ class AnswerRequest(BaseModel):
     )
     prompts: list[str] | None = Field(None, description="Prompt variants by name; default: the server's.")
     decoding: DecodingRequest | None = None
+    vote: VoteRequest | None = Field(  # type: ignore[valid-type]
+        None, description="Overrides of the server's vote settings for this request (only the fields given)."
+    )
+    min_confidence: float | None = Field(
+        None, ge=0, le=1, allow_inf_nan=False, description=_MIN_CONFIDENCE_DOC
+    )
     explain: bool = Field(False, description="Return every candidate with its provenance.")
 
     _check_context = field_validator("context")(_not_blank)
     _check_question = field_validator("question")(_not_blank)
     _check_names = field_validator("adapters", "prompts")(_non_empty_names)
+    _check_min_confidence = field_validator("min_confidence", mode="before")(_probability)
 
 
 class CandidateOut(BaseModel):
@@ -110,10 +132,25 @@ class CandidateOut(BaseModel):
     )
 
 
+class ClusterOut(BaseModel):
+    id: int = Field(description="0 = the winning cluster, then by falling weight (a candidate's `cluster`).")
+    text: str = Field(description="The cluster's answer (its weighted medoid).")
+    weight: float = Field(description="Voting weight of its candidates.")
+    support: int = Field(description="Candidates in it.")
+
+
 class AnswerResponse(BaseModel):
-    answer: str
-    confidence: float = Field(description="Share of the voting weight behind the answer (0..1).")
-    support: int = Field(description="Candidates that agree with the answer.")
+    answer: str | None = Field(
+        description="The ensemble's answer; null when it abstained (confidence below min_confidence)."
+    )
+    abstained: bool = Field(
+        False, description="The confidence was below min_confidence, so no answer is given; see clusters."
+    )
+    confidence: float = Field(description="The vote's confidence in the answer (0..1), abstained or not.")
+    support: int = Field(description="Candidates that agree with the (withheld) answer.")
+    clusters: list[ClusterOut] = Field(
+        [], description="Every group of agreeing candidates, the winner first: the runner-up answers."
+    )
     n_candidates: int
     candidates: list[CandidateOut] | None = Field(None, description="With explain=true.")
     adapter_agreement: dict[str, float] | None = Field(
@@ -138,8 +175,20 @@ class BatchOptionsRequest(BaseModel):
     )
     explain: bool = Field(False, description="Return every candidate of every row with its provenance.")
     metric: Literal["korquad", "squad"] = Field("korquad", description="EM/F1 definition used on gold rows.")
+    vote: VoteRequest | None = Field(  # type: ignore[valid-type]
+        None, description="Overrides of the server's vote settings for every row, as for /answer."
+    )
+    min_confidence: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Rows below this confidence abstain (answer null, abstained true, \"\" in the CSV), as "
+        "for /answer. Default: the server's QA_MIN_CONFIDENCE (unset: never abstain).",
+    )
 
     _check_names = field_validator("adapters", "prompts")(_non_empty_names)
+    _check_min_confidence = field_validator("min_confidence", mode="before")(_probability)
 
 
 class BatchRequest(BatchOptionsRequest):
@@ -150,7 +199,8 @@ class BatchRequest(BatchOptionsRequest):
 
 
 class BatchFormRequest(BatchOptionsRequest):
-    """The multipart form fields other than `file` (adapters/prompts comma-separated, decoding as JSON)."""
+    """The multipart form fields other than `file` (adapters/prompts comma-separated, decoding and vote as
+    JSON)."""
 
     format: Literal["auto", "squad", "csv", "jsonl"] = Field(
         "auto", description="File layout; auto goes by the file name's extension, then by the content."
@@ -159,9 +209,16 @@ class BatchFormRequest(BatchOptionsRequest):
 
 class BatchRowOut(BaseModel):
     id: str
-    answer: str = Field(description="The ensemble's answer; empty for a failed row.")
+    answer: str | None = Field(
+        description="The ensemble's answer; empty for a failed row, null when abstained."
+    )
+    abstained: bool = Field(False, description="The row's confidence was below min_confidence: no answer.")
     confidence: float
     support: int
+    clusters: list[ClusterOut] | None = Field(
+        None,
+        description="When abstained or with explain=true: every cluster, winner first (the alternatives).",
+    )
     error: str | None = Field(None, description="Why this row has no answer; null when it has one.")
     strategies: dict[str, str] | None = Field(None, description="Strategy id -> answer, when requested.")
     candidates: list[CandidateOut] | None = Field(None, description="With explain=true.")

@@ -2,11 +2,14 @@
 
 It owns the loading state (loading -> ready | failed) so the HTTP layer can answer /readyz while a large model
 is still being fetched, and it turns validated requests into pipeline calls, checking the limits that depend
-on settings. It knows nothing about HTTP status codes: errors are typed and mapped in `app.errors`.
+on settings. A request's `vote` overrides are laid over the pipeline's vote config here (the dataclass checks
+them); its `min_confidence` (else `QA_MIN_CONFIDENCE`) decides whether the answer is withheld. It knows
+nothing about HTTP status codes: errors are typed and mapped in `app.errors`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import threading
@@ -15,16 +18,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from app.schemas import AnswerRequest, AnswerResponse, CandidateOut, DecodingRequest
+from app.schemas import AnswerRequest, AnswerResponse, CandidateOut, ClusterOut, DecodingRequest
 from app.settings import ServiceSettings
+from app.vote_request import VoteRequest
 from engine import Engine, EngineConfig, build_engine
 from engine.batcher import BatchRecord, MicroBatcher
 from ensemble.batch import BatchOptions, BatchResult, run_batch
+from ensemble.calibration import abstains
 from ensemble.datasets import QAExample
 from ensemble.pipeline import QARequest
 from ensemble.plan import DEFAULT_NUM_BEAMS, Decoding, Member, PlanDefaults, plan_defaults
 from ensemble.prompts import get_prompt_style
-from ensemble.vote import Vote
+from ensemble.vote import Vote, VoteConfig
 from models.loading import LoadConfig
 
 logger = logging.getLogger(__name__)
@@ -63,6 +68,7 @@ class ResolvedPlan:
     members: tuple[Member, ...] | None  # None = every served adapter (the pipeline's default)
     prompts: tuple[str, ...] | None  # None = the server's default prompts
     decoding: Decoding
+    vote: VoteConfig | None = None  # None = the pipeline's vote config (the request overrides nothing)
 
 
 class QAService:
@@ -238,12 +244,30 @@ class QAService:
             seed=req.seed,
         )
 
+    def _vote(self, req: VoteRequest | None) -> VoteConfig | None:  # type: ignore[valid-type]
+        """The pipeline's vote config with the request's fields replaced (only those it sets); the dataclass
+        checks them, raising `InvalidVoteConfigError` naming `vote.<field>`."""
+        changes = req.overrides() if req is not None else {}
+        if not changes:
+            return None
+        return dataclasses.replace(self._require().pipeline.config.vote, **changes)
+
+    def min_confidence(self, requested: float | None) -> float | None:
+        """Below what confidence an answer is withheld: the request's value, else `QA_MIN_CONFIDENCE`."""
+        return requested if requested is not None else self.settings.min_confidence
+
     def resolve(
-        self, adapters: list[str] | None, prompts: list[str] | None, decoding: DecodingRequest | None
+        self,
+        adapters: list[str] | None,
+        prompts: list[str] | None,
+        decoding: DecodingRequest | None,
+        vote: VoteRequest | None = None,  # type: ignore[valid-type]
     ) -> ResolvedPlan:
-        """Members, prompts and decoding of a request (/answer and /batch alike); raises the typed errors."""
+        """Members, prompts, decoding and vote of a request (/answer and /batch alike); raises the typed
+        errors."""
         s = self.settings
         engine = self._require()
+        vote_config = self._vote(vote)
         members = self._members(adapters)
         names = tuple(dict.fromkeys(prompts)) if prompts is not None else None
         for name in names or ():
@@ -264,7 +288,7 @@ class QAService:
                 f"{n_members} adapters x {n_prompts} prompts x {resolved.n_outputs} outputs = "
                 f"{n_candidates} candidates, more than the limit of {s.max_candidates_limit}",
             )
-        return ResolvedPlan(tuple(members) if members is not None else None, names, resolved)
+        return ResolvedPlan(tuple(members) if members is not None else None, names, resolved, vote_config)
 
     def check_lengths(self, context: str, question: str) -> None:
         """Characters first (cheap), then tokens with the served tokenizer; a 413 `RequestLimitError`."""
@@ -282,7 +306,7 @@ class QAService:
     def check_answer(self, req: AnswerRequest) -> ResolvedPlan:
         """Every check of an answer request, before it waits for a slot; raises the typed errors."""
         self.check_lengths(req.context, req.question)
-        return self.resolve(req.adapters, req.prompts, req.decoding)
+        return self.resolve(req.adapters, req.prompts, req.decoding, req.vote)
 
     def answer(self, req: AnswerRequest, plan: ResolvedPlan | None = None) -> AnswerResponse:
         """Answer one question (`plan` from `check_answer`, or checked now)."""
@@ -290,12 +314,17 @@ class QAService:
         assert self._batcher is not None  # set together with the engine
         plan = plan if plan is not None else self.check_answer(req)
         started = time.perf_counter()
-        request = QARequest(req.context, req.question, plan.members, plan.prompts, plan.decoding)
+        request = QARequest(req.context, req.question, plan.members, plan.prompts, plan.decoding, plan.vote)
         # Past the deadline the caller has its 504; withdrawing the question spares the pass it would join.
         vote = self._batcher.answer(request, timeout=self.settings.request_timeout_s)
         if self._on_vote is not None:
             self._on_vote(vote)
-        return to_response(vote, explain=req.explain, elapsed_ms=1000 * (time.perf_counter() - started))
+        return to_response(
+            vote,
+            explain=req.explain,
+            elapsed_ms=1000 * (time.perf_counter() - started),
+            min_confidence=self.min_confidence(req.min_confidence),
+        )
 
     def run_batch(
         self,
@@ -338,11 +367,21 @@ def to_candidates(vote: Vote) -> list[CandidateOut]:
     ]
 
 
-def to_response(vote: Vote, *, explain: bool, elapsed_ms: float) -> AnswerResponse:
+def to_clusters(vote: Vote) -> list[ClusterOut]:
+    """Every cluster of a vote, winner first (the answer and its alternatives)."""
+    return [ClusterOut(id=c.id, text=c.text, weight=c.weight, support=c.support) for c in vote.clusters]
+
+
+def to_response(
+    vote: Vote, *, explain: bool, elapsed_ms: float, min_confidence: float | None = None
+) -> AnswerResponse:
+    abstained = abstains(vote.confidence, min_confidence)
     return AnswerResponse(
-        answer=vote.answer,
+        answer=None if abstained else vote.answer,
+        abstained=abstained,
         confidence=vote.confidence,
         support=vote.support,
+        clusters=to_clusters(vote),
         n_candidates=len(vote.candidates),
         candidates=to_candidates(vote) if explain else None,
         adapter_agreement=dict(vote.adapter_agreement) if explain else None,

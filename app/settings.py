@@ -127,6 +127,15 @@ class ServiceSettings(BaseSettings):
         None, ge=1, description="Default beams (and beam outputs) per prompt. Unset: 3 for beam search."
     )
     default_max_new_tokens: int = Field(24, ge=1, description="Default answer length budget in tokens.")
+    min_confidence: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        allow_inf_nan=False,
+        description="Withhold answers whose confidence is below this (0..1): /answer says answer null and "
+        "abstained true (with the clusters), a /batch row abstains (\"\" in the CSV); a request's "
+        "min_confidence overrides it. Unset: never abstain.",
+    )
     max_new_tokens_limit: int = Field(128, ge=1, description="Largest max_new_tokens a request may ask for.")
     max_beams_limit: int = Field(8, ge=1, description="Largest num_beams a request may ask for.")
     max_candidates_limit: int = Field(

@@ -29,7 +29,8 @@ def _answer(client: QAClient, args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(json.dumps(result, ensure_ascii=False, indent=2) + "\n")
     else:
-        sys.stdout.write(f"{result['answer']}\t(confidence {result['confidence']:.2f})\n")
+        answer = "(abstained)" if result.get("abstained") else result["answer"]
+        sys.stdout.write(f"{answer}\t(confidence {result['confidence']:.2f})\n")
     return 0
 
 
@@ -37,7 +38,7 @@ def _write_rows(rows: list[dict[str, Any]], out: Path) -> None:
     with out.open("w", encoding="utf-8", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(("id", "answer"))
-        writer.writerows((row["id"], row["answer"]) for row in rows)
+        writer.writerows((row["id"], row["answer"] or "") for row in rows)  # abstained: null -> ""
 
 
 def _batch(client: QAClient, args: argparse.Namespace) -> int:

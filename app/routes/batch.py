@@ -38,6 +38,8 @@ _FORM_SCHEMA: dict[str, Any] = {
         "adapters": {"type": "string", "description": "Comma-separated adapter names."},
         "prompts": {"type": "string", "description": "Comma-separated prompt variants."},
         "decoding": {"type": "string", "description": 'JSON object, e.g. {"strategy": "greedy"}.'},
+        "vote": {"type": "string", "description": 'JSON object of vote overrides, e.g. {"threshold": 90}.'},
+        "min_confidence": {"type": "number", "minimum": 0, "maximum": 1},
         "strategies": {"type": "boolean"},
         "explain": {"type": "boolean"},
         "metric": {"type": "string", "enum": ["korquad", "squad"], "default": "korquad"},

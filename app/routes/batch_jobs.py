@@ -45,7 +45,8 @@ def download_result(
     if format == "json":
         return JSONResponse(result.model_dump(mode="json"))
     buffer = io.StringIO(newline="")
-    write_predictions_csv(((row.id, row.answer) for row in result.rows), buffer)
+    # An abstained row (answer null) is "" in the submission file, as a failed one.
+    write_predictions_csv(((row.id, row.answer or "") for row in result.rows), buffer)
     return Response(
         buffer.getvalue(),
         media_type="text/csv",

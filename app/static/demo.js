@@ -49,7 +49,12 @@ function cell(row, value, numeric) {
 const fixed = (x, digits) => (x === null || x === undefined ? null : Number(x).toFixed(digits));
 
 function renderAnswer(body) {
-  $("answer").textContent = body.answer === "" ? "(no answer)" : body.answer;
+  if (body.abstained) {
+    const best = (body.clusters || [])[0];
+    $("answer").textContent = `(abstained: confidence below the minimum${best ? `; best guess ${best.text}` : ""})`;
+  } else {
+    $("answer").textContent = body.answer === "" ? "(no answer)" : body.answer;
+  }
   $("confidence").textContent = fixed(body.confidence, 3);
   $("support").textContent = body.support;
   $("n-candidates").textContent = body.n_candidates;
@@ -106,7 +111,7 @@ function renderRows(rows) {
   for (const r of rows) {
     const tr = document.createElement("tr");
     cell(tr, r.id);
-    cell(tr, r.answer);
+    cell(tr, r.abstained ? "(abstained)" : r.answer);
     cell(tr, fixed(r.confidence, 3), true);
     cell(tr, r.support, true);
     cell(tr, r.error);
