@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The answer-quality GPU session (issue 16) as a sequence of `device` calls, made back to back (the machine goes
-# back 30 s after a call): the real Qwen2.5-Coder-1.5B GGUF arrives in parts, is converted once, then every
-# member of recipes/korquad-qwen1.5b.toml trains side by side with the experiments beside them, and the eval
-# runs follow in the background. See docs/benchmarks.md ("Session 7").
+# The answer-quality GPU sessions (issues 16, 17) as a sequence of `device` calls, made back to back (the machine
+# goes back 30 s after a call): the real Qwen2.5-Coder-1.5B GGUF arrives in parts, is converted once, then a
+# background job runs: `train` (session 7: every member of recipes/korquad-qwen1.5b.toml side by side with the
+# experiments beside them, then the eval runs) or `evidence` (session 8: the shipped members' candidates with
+# their likelihoods under every member, Unsloth against peft, the CPU default in float32, the vote's cost).
+# See docs/benchmarks.md ("Session 7", "Session 8").
 #
-#   bash bench/gpu_quality.sh start        carry .gpu-site .gpu-data .gpu-part1: unpack packages, data, part 1
+#   bash bench/gpu_quality.sh start        carry .gpu-site .gpu-data [.gpu-part1]: packages, data [, part 1]
 #   bash bench/gpu_quality.sh part N       carry .gpu-partN: one part of the GGUF into /tmp/parts
-#   bash bench/gpu_quality.sh convert      assemble + check sha256, convert once, start `train` in the background
+#   bash bench/gpu_quality.sh convert JOB  assemble + check sha256, convert once, start JOB in the background
 #   bash bench/gpu_quality.sh status       the training curves so far, the eval reports, GPU memory
 #   bash bench/gpu_quality.sh backends     Unsloth against peft on the real base, same member and steps (idle card)
 #   bash bench/gpu_quality.sh collect      adapters and reports into $OUT (at most 8 files of 16 MiB)
@@ -22,6 +24,15 @@
 #   eval-cpu   the members greedy over both prompts in float32 without quantization (the CPU's arithmetic)
 #   eval-r8    the r=8 twin alone, greedy
 #   holdout    the GPU default on the held-out train articles (candidates.jsonl for fitting the vote)
+#
+# `evidence` (background, the shipped adapters carried in the tree) runs on the one card:
+#   - backends: Unsloth against peft, the same member and steps, while the card is idle;
+#   - holdout-lik, eval-lik: the GPU default plan with the likelihood vote (every distinct candidate scored
+#     under every member and prompt), held-out train articles then the eval split: candidates.jsonl with the
+#     likelihoods for `qa-eval fit-vote` (held-out) and `qa-eval revote` (eval, never fitted on);
+#   - eval-cpu: the CPU's default plan (one member, zero-shot, greedy) in float32 without quantization;
+#   - latency-count, latency-likelihood: /answer of the full set at concurrency 1 and 8, each rule from a
+#     vote.json in a copy of the adapters folder, on the idle card.
 set -uo pipefail
 step=${1:?step}
 RES=/tmp/results
@@ -52,7 +63,7 @@ eval_run() {  # OUT ARGS...: one qa-eval run on the eval split unless ARGS say o
 case "$step" in
   start)
     mkdir -p /tmp/site /tmp/parts /tmp/data && tar -C /tmp/site -xJf .gpu-site/site.tar.xz
-    cp .gpu-data/KorQuAD_v1.0_dev.json /tmp/data/ && cp .gpu-part1/part /tmp/parts/001
+    cp .gpu-data/* /tmp/data/ && { [ ! -d .gpu-part1 ] || cp .gpu-part1/part /tmp/parts/001; }
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; ls /tmp/parts | wc -l
     ;;
   part)
@@ -61,13 +72,14 @@ case "$step" in
   convert)
     cat /tmp/parts/* >/tmp/q15.gguf && echo "$SHA  /tmp/q15.gguf" | sha256sum -c || exit 1
     rm -rf "$SRC" && mkdir -p "$SRC" && cp -r app engine models ensemble evaluation training bench recipes tests \
-      pyproject.toml "$SRC"/
+      adapters pyproject.toml "$SRC"/
     env_runs
     t0=$(date +%s)
     python3 -m models.cli fetch "$KEY" --cache-dir /tmp/cache --gguf /tmp/q15.gguf 2>&1 | tail -2
     echo "converted in $(( $(date +%s) - t0 )) s"
-    (cd "$SRC" && setsid nohup bash bench/gpu_quality.sh train >"$RES/train.log" 2>&1 &)
-    sleep 3; cat "$RES/train.log"
+    job=${2:-train}
+    (cd "$SRC" && setsid nohup bash bench/gpu_quality.sh "$job" >"$RES/$job.log" 2>&1 &)
+    sleep 3; cat "$RES/$job.log"
     ;;
   train)  # background: see the header
     env_runs
@@ -91,17 +103,42 @@ case "$step" in
     wait
     echo "all done $(date +%T)"
     ;;
+  evidence)  # background: see the header
+    env_runs
+    ship=$SRC/adapters/$KEY
+    for rule in count likelihood; do  # the shipped members under each rule's defaults (nothing fitted yet)
+      mkdir -p "/tmp/adapters-$rule" && cp -r "$ship"/* "/tmp/adapters-$rule"/
+      echo "{\"schema\": \"qa-ensemble.vote/1\", \"vote\": {\"rule\": \"$rule\"}, \"provenance\": {}}" \
+        >"/tmp/adapters-$rule/vote.json"
+    done
+    lik=/tmp/adapters-likelihood
+    echo "backends $(date +%T)"
+    bash bench/gpu_quality.sh backends >"$RES/backends.log" 2>&1
+    echo "evals $(date +%T)"
+    (eval_run holdout-lik --split train --ids /tmp/data/holdout_ids.json --adapters-dir "$lik"
+     eval_run eval-lik --split eval --adapters-dir "$lik") &
+    eval_run eval-cpu --split eval --adapters-dir "$ship" --members 1 --prompts zero-shot --num-beams 1 \
+      --quantization none --dtype float32 &
+    wait
+    echo "latency $(date +%T)"
+    for rule in count likelihood; do
+      python3 -m bench.http_latency --model "$KEY" --cache-dir /tmp/cache --adapters-dir "/tmp/adapters-$rule" \
+        --kinds ensemble --concurrency 1,8 --requests 64 --out "$RES/latency-$rule" >"$RES/latency-$rule.log" 2>&1
+      echo "latency-$rule exit $?"
+    done
+    echo "all done $(date +%T)"
+    ;;
   status)
-    tail -3 "$RES/train.log"
+    tail -3 "$RES/${2:-train}.log"
     for f in /tmp/out/*/.training/*.train_log.jsonl; do
       [ -f "$f" ] || continue
       echo "$f: $(grep -o '"f1": [0-9.]*' "$f" | tr '\n' ' ' | cut -c1-300)"
       tail -1 "$f" | cut -c1-200
     done
-    for f in "$RES"/train-*.log "$RES"/eval-*.log "$RES"/holdout.log; do
+    for f in "$RES"/train-*.log "$RES"/eval-*.log "$RES"/holdout*.log "$RES"/latency-*.log; do
       [ -f "$f" ] && echo "$f: $(grep -E 'Error|error|exit' "$f" | tail -2 | cut -c1-300)"
     done
-    for r in "$RES"/eval-* "$RES"/holdout; do
+    for r in "$RES"/eval-* "$RES"/holdout*; do
       [ -f "$r/report.md" ] && { echo "== $r"; grep -E "^\| (ensemble|member|greedy|top-beam|prompt)" "$r/report.md" | head -20; }
     done
     nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader
@@ -116,7 +153,7 @@ case "$step" in
     for m in q15-zs-s1 q15-pr-s2 q15-zs-nef-s3; do
       [ -d "/tmp/out/ship/$m" ] && tar -C /tmp/out/ship -cf "$OUT/$m.tar" "$m"
     done
-    tar -C /tmp -cJf "$OUT/results.tar.xz" results out/ship/.training out/peft/.training out/r8/.training \
+    tar -C /tmp -cJf "$OUT/results.tar.xz" results $(cd /tmp && ls -d out/*/.training 2>/dev/null) \
       --exclude='*.safetensors' 2>/dev/null
     ls -la "$OUT"
     ;;
