@@ -71,7 +71,7 @@ case "$step" in
     ;;
   convert)
     cat /tmp/parts/* >/tmp/q15.gguf && echo "$SHA  /tmp/q15.gguf" | sha256sum -c || exit 1
-    rm -rf "$SRC" && mkdir -p "$SRC" && cp -r app engine models ensemble evaluation training bench recipes tests \
+    rm -rf "$SRC" && mkdir -p "$SRC" && cp -r app bounded_json engine models ensemble evaluation training bench recipes tests \
       adapters pyproject.toml "$SRC"/
     env_runs
     t0=$(date +%s)
@@ -112,8 +112,10 @@ case "$step" in
         >"/tmp/adapters-$rule/vote.json"
     done
     lik=/tmp/adapters-likelihood
-    echo "backends $(date +%T)"
-    bash bench/gpu_quality.sh backends >"$RES/backends.log" 2>&1
+    if [ "${EVIDENCE_BACKENDS:-1}" = 1 ]; then
+      echo "backends $(date +%T)"
+      bash bench/gpu_quality.sh backends >"$RES/backends.log" 2>&1
+    fi
     echo "evals $(date +%T)"
     (eval_run holdout-lik --split train --ids /tmp/data/holdout_ids.json --adapters-dir "$lik"
      eval_run eval-lik --split eval --adapters-dir "$lik") &

@@ -12,7 +12,8 @@
 `fit-vote` fits the vote (rule, weights, calibration) on the candidates.jsonl of a run over HELD-OUT TRAIN
 questions and writes a vote.json to ship beside the adapters (`adapters/<model key>/vote.json`); `revote`
 re-votes a candidates.jsonl (the eval split's, to check a fitted vote offline; never fit on it) and prints
-F1/EM of every strategy and the calibration error of the ensemble's confidence.
+F1/EM of every strategy and the calibration error of the ensemble's confidence (its reliability plot beside
+the JSON).
 
 `--split` keeps only the questions whose article falls in the project's fixed md5-by-title split
 (KorQuAD/SQuAD JSON only); `all` (the default) keeps every question of any supported file. `--limit N` then
@@ -169,9 +170,12 @@ def _revote(args: argparse.Namespace) -> int:
     result = revote(read_candidates(args.candidates), config)
     source = {"file": args.candidates.name, "sha256": sha256_of(args.candidates)}
     out = args.out or args.candidates.with_name("revote.json")
-    out.write_text(
-        json.dumps(revote_to_json(result, config, source), ensure_ascii=False, indent=2) + "\n", "utf-8"
-    )
+    written = revote_to_json(result, config, source)
+    out.write_text(json.dumps(written, ensure_ascii=False, indent=2) + "\n", "utf-8")
+    from evaluation.plots import plot_reliability
+
+    plot = out.with_suffix(".png")  # the reliability of the re-voted ensemble's confidence
+    plot_reliability(written["calibration"], plot, title=f"Reliability: {args.candidates.name} re-voted")
     width = max(len(s) for s in result.scores)
     lines = [f"{'strategy':<{width}}      EM      F1"]
     lines += [f"{s:<{width}}  {v.exact_match:6.2f}  {v.f1:6.2f}" for s, v in result.scores.items()]
@@ -180,7 +184,7 @@ def _revote(args: argparse.Namespace) -> int:
         f"{result.with_likelihoods} with likelihoods)"
     )
     sys.stdout.write("\n".join(lines) + "\n")
-    sys.stderr.write(f"re-vote written to {out}\n")
+    sys.stderr.write(f"re-vote written to {out} and {plot}\n")
     return 0
 
 
