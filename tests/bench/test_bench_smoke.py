@@ -150,8 +150,12 @@ def test_http_latency_smoke_answers_every_request(
         metrics = cell["server_metrics"]  # from the server's /metrics
         assert metrics["passes"] >= 1 and metrics["generate_calls"] >= 1
         assert 1 <= metrics["questions_per_pass"] <= 2 and metrics["tokens_per_sequence"] > 0
-        cpu = cell["server_cpu"]  # from /proc: the server's threads
-        assert cpu["cpu_seconds"] > 0 and len(cpu["busiest_threads_per_wall_second"]) >= 1
+        assert cell["server_cpu"]["cpu_seconds"] >= 0
+    # from /proc: the server's threads, counted in clock ticks (10 ms), so a cell of two ~20 ms requests
+    # may read 0; the four cells together do not
+    cpus = [cell["server_cpu"] for cell in cells.values()]
+    assert sum(c["cpu_seconds"] for c in cpus) > 0
+    assert any(c["cpu_seconds"] > 0 and len(c["busiest_threads_per_wall_second"]) >= 1 for c in cpus)
 
 
 def test_compile_probe_smoke(tmp_path) -> None:
