@@ -120,9 +120,11 @@ class Generator:
             eos_ids.append(tokenizer.eos_token_id)
         self._eos_ids = torch.tensor(eos_ids, dtype=torch.long)
         self._end_id = end_of_answer_id(tokenizer)
-        self._kept_rows: dict[tuple[tuple[int, ...], str | None], int] = {}
-        """(prompt ids, adapter) -> row of the decode loop's kept prefill (`score` reuses its KV)."""
+        self._kept_batch: tuple[torch.Tensor, torch.Tensor, list[str | None]] | None = None
+        """The loop's last batch (ids, padding mask, row adapters): what its kept prefill holds."""
         self._kept_version = -1
+        self._kept_rows: dict[tuple[tuple[int, ...], str | None], int] | None = None
+        """(prompt ids, adapter) -> row of the kept prefill, made from `_kept_batch` when `score` asks."""
         # Greedy and beams through our own loop (graphs captured on CUDA unless `cuda_graphs` is off).
         self._loop = (
             DecodeLoop(
@@ -360,7 +362,15 @@ class Generator:
         loop = self._loop
         if loop is None or loop.kept is None or loop.prefills != self._kept_version:
             return {}
-        found = {i: self._kept_rows.get((tuple(prompt_ids[i]), adapters[i])) for i in rows}
+        if self._kept_rows is None and self._kept_batch is not None:
+            input_ids, mask, row_adapters = self._kept_batch
+            self._kept_rows = {
+                (tuple(ids[len(ids) - n :]), adapter): row
+                for row, (ids, n, adapter) in enumerate(
+                    zip(input_ids.tolist(), mask.sum(dim=1).tolist(), row_adapters, strict=True)
+                )
+            }
+        found = {i: (self._kept_rows or {}).get((tuple(prompt_ids[i]), adapters[i])) for i in rows}
         return {i: row for i, row in found.items() if row is not None}
 
     def _score_kept(
@@ -600,14 +610,10 @@ class Generator:
             line_ends=self._tables if self._stop_at_newline else None,
         )
         texts = [self._tokenizer.decode(ids, skip_special_tokens=True) for ids in decoded.tokens]
-        # which prompt (its real ids) under which adapter is which row of the prefill the loop keeps
-        lengths = kwargs["attention_mask"].sum(dim=1).tolist()
+        # which prompt under which adapter is which row of the prefill the loop keeps (mapped only if asked)
         adapters = self._row_adapters(kwargs.get("adapter_names"), len(input_ids))
-        self._kept_rows = {
-            (tuple(ids[len(ids) - n :]), adapter): row
-            for row, (ids, n, adapter) in enumerate(zip(input_ids.tolist(), lengths, adapters, strict=True))
-        }
-        self._kept_version = self._loop.prefills
+        self._kept_batch = (input_ids, kwargs["attention_mask"], adapters)
+        self._kept_rows, self._kept_version = None, self._loop.prefills
         return texts, decoded.scores, sum(len(ids) for ids in decoded.tokens)
 
     @staticmethod

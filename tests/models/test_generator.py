@@ -17,9 +17,12 @@ LONG = [
 ]
 
 
-def _loaded(tiny_model_dir, tiny_adapters_dir, backend: str, quantization: str = "none") -> Generator:
+def _loaded(
+    tiny_model_dir, tiny_adapters_dir, backend: str, quantization: str = "none", **generator: object
+) -> Generator:
+    """The tiny model with every test adapter loaded; `generator` goes to `Generator` (decoder, ...)."""
     model, tokenizer = load_base(tiny_model_dir, LoadConfig(device="cpu", quantization=quantization))
-    gen = Generator(model, tokenizer, lora_backend=backend)
+    gen = Generator(model, tokenizer, lora_backend=backend, **generator)
     registry = AdapterRegistry.from_dir(
         tiny_adapters_dir, base_key="tiny-random", base_fingerprint=_fp(tiny_model_dir)
     )

@@ -7,23 +7,15 @@ import pytest
 import torch
 
 from models.generator import BASE_ADAPTER, Generator
-from models.loading import LoadConfig, load_base
-from models.registry import AdapterRegistry
 from models.teacher_forcing import end_of_answer_id, packed_logprobs
-from tests.models.test_generator import LONG, SHORT, _fp
+from tests.models.test_generator import LONG, SHORT
+from tests.models.test_generator import _loaded as loaded
 
 TEXTS = ["서울", "훈민정음을 창제", "", "세종대왕은 1443년"]
 
 
 def _loaded(tiny_model_dir, tiny_adapters_dir, backend: str, decoder: str = "hf") -> Generator:
-    model, tokenizer = load_base(tiny_model_dir, LoadConfig(device="cpu", quantization="none"))
-    gen = Generator(model, tokenizer, lora_backend=backend, decoder=decoder, stop_at_newline=False)
-    registry = AdapterRegistry.from_dir(
-        tiny_adapters_dir, base_key="tiny-random", base_fingerprint=_fp(tiny_model_dir)
-    )
-    for spec in registry:
-        gen.load_adapter(spec)
-    return gen
+    return loaded(tiny_model_dir, tiny_adapters_dir, backend, decoder=decoder, stop_at_newline=False)
 
 
 @pytest.fixture(params=["stacked", "peft"])
