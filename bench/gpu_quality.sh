@@ -12,6 +12,12 @@
 #   bash bench/gpu_quality.sh status       the training curves so far, the eval reports, GPU memory
 #   bash bench/gpu_quality.sh backends     Unsloth against peft on the real base, same member and steps (idle card)
 #   bash bench/gpu_quality.sh collect      adapters and reports into $OUT (at most 8 files of 16 MiB)
+#   bash bench/gpu_quality.sh sync         /tmp/src again from the carried .gpu-src.tar (newer code, same card)
+#   bash bench/gpu_quality.sh results      the reports and the xz'd candidates of every run into $OUT
+#
+# The code a job runs is /tmp/src: `git archive HEAD` without adapters/ in .gpu-src.tar when it is carried
+# (`git archive -o .gpu-src.tar HEAD $(git ls-files | grep -v ^adapters/ | cut -d/ -f1 | sort -u)`), so
+# uncommitted edits in the working tree never reach a run; the adapters come from the carried tree.
 #
 # `train` (background, from the code the convert call carried) runs, as separate processes on the one card:
 #   - the recipe's three members (unsloth), written to /tmp/out/ship;
@@ -33,6 +39,12 @@
 #   - eval-cpu: the CPU's default plan (one member, zero-shot, greedy) in float32 without quantization;
 #   - latency-count, latency-likelihood: /answer of the full set at concurrency 1 and 8, each rule from a
 #     vote.json in a copy of the adapters folder, on the idle card.
+#
+# `s9` (background, session 9): where a request's time goes on the idle card (`bench.request_phases` with the
+# shipped members, 4-bit and bf16, count and the shipped likelihood vote, a torch.profiler run of the latter in
+# bf16), then the GPU default plan with the shipped vote in bf16 without quantization, held-out train articles
+# and eval split side by side (candidates with likelihoods: what the vote is fitted on and checked on).
+# `latency` (background): /answer of the full set at concurrency 1 and 8, {bf16, 4-bit} x {count, likelihood}.
 set -uo pipefail
 step=${1:?step}
 RES=/tmp/results
@@ -71,8 +83,7 @@ case "$step" in
     ;;
   convert)
     cat /tmp/parts/* >/tmp/q15.gguf && echo "$SHA  /tmp/q15.gguf" | sha256sum -c || exit 1
-    rm -rf "$SRC" && mkdir -p "$SRC" && cp -r app bounded_json engine models ensemble evaluation training bench recipes tests \
-      adapters pyproject.toml "$SRC"/
+    bash bench/gpu_quality.sh sync
     env_runs
     t0=$(date +%s)
     python3 -m models.cli fetch "$KEY" --cache-dir /tmp/cache --gguf /tmp/q15.gguf 2>&1 | tail -2
@@ -80,6 +91,53 @@ case "$step" in
     job=${2:-train}
     (cd "$SRC" && setsid nohup bash bench/gpu_quality.sh "$job" >"$RES/$job.log" 2>&1 &)
     sleep 3; cat "$RES/$job.log"
+    ;;
+  sync)
+    rm -rf "$SRC" && mkdir -p "$SRC"
+    if [ -f .gpu-src.tar ]; then tar -C "$SRC" -xf .gpu-src.tar && cp -r adapters "$SRC"/
+    else cp -r app bounded_json engine models ensemble evaluation training bench recipes tests adapters pyproject.toml "$SRC"/
+    fi
+    echo "src: $(find "$SRC" -name '*.py' | wc -l) python files"
+    ;;
+  s9)  # background: see the header
+    env_runs
+    ship=$SRC/adapters/$KEY
+    for variant in bf16 4bit; do
+      for rule in count file; do
+        extra=(); [ "$variant-$rule" = bf16-file ] && extra=(--profile "$RES/profile-bf16-likelihood")
+        (cd "$SRC" && python3 -m bench.request_phases --model "$KEY" --cache-dir /tmp/cache --adapters-dir "$ship" \
+          --data "$DATA" --variant "$variant" --rule "$rule" --requests 16 --out "$RES/phases-$variant-$rule" \
+          "${extra[@]}" >"$RES/phases-$variant-$rule.log" 2>&1; echo "exit $?" >>"$RES/phases-$variant-$rule.log")
+        echo "phases-$variant-$rule $(tail -1 "$RES/phases-$variant-$rule.log") $(date +%T)"
+      done
+    done
+    (eval_run holdout-bf16 --split train --ids /tmp/data/holdout_ids.json --adapters-dir "$ship" --quantization none) &
+    (eval_run eval-bf16 --split eval --adapters-dir "$ship" --quantization none) &
+    wait
+    echo "all done $(date +%T)"
+    ;;
+  latency)  # background: see the header
+    env_runs
+    mkdir -p /tmp/adapters-count && cp -r "$SRC/adapters/$KEY"/* /tmp/adapters-count/
+    python3 -c "import json; f='/tmp/adapters-count/vote.json'; d=json.load(open(f)); d['vote']['rule']='count'; d['vote'].pop('calibration'); json.dump(d, open(f, 'w'))"
+    for cell in bf16-likelihood bf16-count 4bit-likelihood 4bit-count; do
+      variant=${cell%%-*} rule=${cell#*-}
+      dir=$SRC/adapters/$KEY; [ "$rule" = count ] && dir=/tmp/adapters-count
+      q=none; [ "$variant" = 4bit ] && q=4bit
+      (cd "$SRC" && python3 -m bench.http_latency --model "$KEY" --cache-dir /tmp/cache --adapters-dir "$dir" \
+        --quantization "$q" --kinds ensemble --concurrency 1,8 --requests 48 --out "$RES/latency-$cell" \
+        >"$RES/latency-$cell.log" 2>&1)
+      echo "latency-$cell exit $? $(date +%T)"
+    done
+    echo "all done $(date +%T)"
+    ;;
+  results)
+    for r in "$RES"/holdout-bf16 "$RES"/eval-bf16; do
+      [ -f "$r/candidates.jsonl" ] && xz -T0 -c "$r/candidates.jsonl" >"$OUT/$(basename "$r")-candidates.jsonl.xz"
+    done
+    tar -C "$RES" -cJf "$OUT/results.tar.xz" --exclude=candidates.jsonl --exclude='trace.json.gz' . 2>/dev/null
+    [ -f "$RES/profile-bf16-likelihood/trace.json.gz" ] && cp "$RES/profile-bf16-likelihood/trace.json.gz" "$OUT/"
+    ls -la "$OUT"
     ;;
   train)  # background: see the header
     env_runs
@@ -137,9 +195,10 @@ case "$step" in
       echo "$f: $(grep -o '"f1": [0-9.]*' "$f" | tr '\n' ' ' | cut -c1-300)"
       tail -1 "$f" | cut -c1-200
     done
-    for f in "$RES"/train-*.log "$RES"/eval-*.log "$RES"/holdout*.log "$RES"/latency-*.log; do
+    for f in "$RES"/train-*.log "$RES"/eval-*.log "$RES"/holdout*.log "$RES"/latency-*.log "$RES"/phases-*.log; do
       [ -f "$f" ] && echo "$f: $(grep -E 'Error|error|exit' "$f" | tail -2 | cut -c1-300)"
     done
+    for r in "$RES"/phases-*/; do [ -f "$r/request_phases.md" ] && { echo "== $r"; cat "$r/request_phases.md"; }; done
     for r in "$RES"/eval-* "$RES"/holdout*; do
       [ -f "$r/report.md" ] && { echo "== $r"; grep -E "^\| (ensemble|member|greedy|top-beam|prompt)" "$r/report.md" | head -20; }
     done

@@ -2,6 +2,8 @@
 
     python -m bench.request_phases --random-init .gpu-meta --data .gpu-data/KorQuAD_v1.0_dev.json \
         [--variant 4bit] [--generator-kwargs '{"compile_backend": "inductor"}'] [--requests 8]
+    python -m bench.request_phases --model qwen2.5-coder-1.5b --adapters-dir adapters/qwen2.5-coder-1.5b \
+        --data .gpu-data/KorQuAD_v1.0_dev.json --variant bf16 --rule likelihood [--profile DIR]
     python -m bench.request_phases --smoke     # tiny-random on the CPU
 
 The pipeline (3 random adapters x 2 prompts x 3 beams, or one greedy row with `--kind greedy`) answers
@@ -41,7 +43,7 @@ from bench.workload import (
 )
 
 logger = logging.getLogger("bench.request_phases")
-PHASES = ("tokenize", "prefill", "steps", "detokenize", "rest")
+PHASES = ("tokenize", "prefill", "steps", "detokenize", "score", "score-tails", "score-prefill", "rest")
 
 
 class PhaseClock:
@@ -56,11 +58,14 @@ class PhaseClock:
         inner: Callable[..., Any] = getattr(owner, name)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
+            import torch
+
             sync(self.device)
             before = dict(self.current)
             started = time.perf_counter()
             try:
-                return inner(*args, **kwargs)
+                with torch.profiler.record_function(f"phase:{phase}"):
+                    return inner(*args, **kwargs)
             finally:
                 sync(self.device)
                 nested = sum(self.current[p] - before.get(p, 0.0) for p in self.current)
@@ -79,6 +84,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=12)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path)
+    parser.add_argument(
+        "--adapters-dir", type=Path, help="real members: the service's engine over this folder"
+    )
+    parser.add_argument(
+        "--rule",
+        choices=("count", "likelihood", "file"),
+        default="count",
+        help="the vote's rule; file: the adapters folder's vote.json (needs --adapters-dir)",
+    )
+    parser.add_argument("--profile", type=Path, help="folder for a torch.profiler run of the same requests")
     parser.add_argument("--smoke", action="store_true", help="tiny-random on the CPU, two requests")
     args = parser.parse_args(argv)
     if args.smoke:
@@ -92,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
     from ensemble.pipeline import EnsemblePipeline, PipelineConfig, QARequest
     from ensemble.plan import Decoding, Member
+    from ensemble.vote import VoteConfig
     from models.decode_loop import DecodeLoop
     from models.generator import Generator
     from models.loading import LoadConfig, load_base
@@ -104,39 +120,64 @@ def main(argv: list[str] | None = None) -> int:
             (q.context, q.question) for q in load_questions(args.data, split="eval", count=args.requests)
         ]
     clock = PhaseClock(args.device)
+    vote = None if args.rule == "file" else VoteConfig(rule=args.rule)
+    if args.rule == "file" and args.adapters_dir is None:
+        parser.error("--rule file needs --adapters-dir")
+    prompts = ("zero-shot", "principled") if args.kind == "ensemble" else ("zero-shot",)
+    strategy = {"strategy": "beam", "num_beams": 3} if args.kind == "ensemble" else {"strategy": "greedy"}
+    decoding = Decoding(max_new_tokens=args.new_tokens, **strategy)
     with tempfile.TemporaryDirectory() as scratch:
-        base = resolve_base(args.model, args.random_init, Path(scratch), args.cache_dir, device=args.device)
-        names = [f"bench-lora-{i:02d}" for i in range(1, 4)]
-        specs = make_lora_adapters(base, Path(scratch) / "adapters", names)
         quantization = "4bit" if args.variant == "4bit" else "none"
         dtype = "bfloat16" if args.device.startswith("cuda") else "float32"
-        model, tokenizer = load_base(
-            base.path, LoadConfig(device=args.device, quantization=quantization, dtype=dtype)
-        )
-        kwargs = {"decoder": "auto", **json.loads(args.generator_kwargs)}  # the service's default decoder
-        generator = Generator(model, tokenizer, **kwargs)
-        for spec in specs:
-            generator.load_adapter(spec)
-        members = [Member(adapter=n) for n in (names if args.kind == "ensemble" else names[:1])]
-        prompts = ("zero-shot", "principled") if args.kind == "ensemble" else ("zero-shot",)
-        strategy = {"strategy": "beam", "num_beams": 3} if args.kind == "ensemble" else {"strategy": "greedy"}
-        pipeline = EnsemblePipeline(
-            generator,
-            PipelineConfig(
-                default_prompts=prompts, default_decoding=Decoding(max_new_tokens=args.new_tokens, **strategy)
-            ),
-            default_members=lambda: members,
-        )
-        requests = [QARequest(context=c, question=q) for c, q in questions]
-        model.generation_config.min_new_tokens = (
-            args.new_tokens
-        )  # random weights: every answer runs its budget
+        if args.adapters_dir is not None:
+            from engine.builder import EngineConfig, build_engine
+
+            engine = build_engine(
+                EngineConfig(
+                    model=args.model,
+                    cache_dir=args.cache_dir,
+                    adapters_dir=args.adapters_dir,
+                    device=args.device,  # type: ignore[arg-type]  # checked by LoadConfig
+                    quantization=quantization,
+                    dtype=dtype,
+                    decoder="auto",  # the service's default (app.settings)
+                    default_prompts=prompts,
+                    default_decoding=decoding,
+                )
+            )
+            pipeline, tokenizer = engine.pipeline, engine.generator._tokenizer
+            members = engine.members() if args.kind == "ensemble" else engine.members()[:1]
+        else:
+            base = resolve_base(
+                args.model, args.random_init, Path(scratch), args.cache_dir, device=args.device
+            )
+            names = [f"bench-lora-{i:02d}" for i in range(1, 4)]
+            specs = make_lora_adapters(base, Path(scratch) / "adapters", names)
+            model, tokenizer = load_base(
+                base.path, LoadConfig(device=args.device, quantization=quantization, dtype=dtype)
+            )
+            kwargs = {"decoder": "auto", **json.loads(args.generator_kwargs)}  # the service's default decoder
+            generator = Generator(model, tokenizer, **kwargs)
+            for spec in specs:
+                generator.load_adapter(spec)
+            members = [Member(adapter=n) for n in (names if args.kind == "ensemble" else names[:1])]
+            pipeline = EnsemblePipeline(
+                generator,
+                PipelineConfig(default_prompts=prompts, default_decoding=decoding),
+                default_members=lambda: members,
+            )
+            # random weights: every answer runs its budget
+            model.generation_config.min_new_tokens = args.new_tokens
+        requests = [QARequest(context=c, question=q, members=tuple(members), vote=vote) for c, q in questions]
         for request in requests:  # warm: every shape these requests meet exists (compiled, captured)
             pipeline.answer_many([request])
         clock.wrap(Generator, "_encode", "tokenize")
         clock.wrap(DecodeLoop, "decode", "prefill")
         clock.wrap(DecodeLoop, "_steps", "steps")
         clock.wrap(tokenizer, "decode", "detokenize")
+        clock.wrap(Generator, "score", "score")
+        clock.wrap(DecodeLoop, "score_tails", "score-tails")
+        clock.wrap(Generator, "_score_rows", "score-prefill")
         rows: list[dict[str, float]] = []
         for request in requests:
             clock.current.clear()
@@ -148,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
             phases = {p: clock.current.get(p, 0.0) for p in PHASES if p != "rest"}
             phases["rest"] = total - sum(phases.values())
             rows.append({**phases, "total": total})
+        if args.profile is not None:
+            profile(args.profile, args.device, lambda: [pipeline.answer_many([r]) for r in requests[:3]])
     summary = {key: round(statistics.median(r[key] for r in rows), 2) for key in (*PHASES, "total")}
     report = {
         "environment": environment(args.device),
@@ -163,6 +206,23 @@ def main(argv: list[str] | None = None) -> int:
     (out / "request_phases.md").write_text(table + "\n", encoding="utf-8")
     sys.stdout.write(table + "\n")
     return 0
+
+
+def profile(folder: Path, device: str, work: Callable[[], Any]) -> None:
+    """`work` under torch.profiler: operator tables by device and by host time, and a Chrome trace."""
+    import torch
+    from torch.profiler import ProfilerActivity
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    folder.mkdir(parents=True, exist_ok=True)
+    with torch.profiler.profile(activities=activities, record_shapes=False) as prof:
+        work()
+        sync(device)
+    averages = prof.key_averages()
+    by_device = "self_cuda_time_total" if device.startswith("cuda") else "self_cpu_time_total"
+    for name, key, limit in (("device", by_device, 40), ("host", "cpu_time_total", 60)):
+        (folder / f"ops_by_{name}_time.txt").write_text(averages.table(sort_by=key, row_limit=limit), "utf-8")
+    prof.export_chrome_trace(str(folder / "trace.json.gz"))  # gzipped by torch
 
 
 if __name__ == "__main__":

@@ -185,6 +185,20 @@ def test_request_phases_smoke(tmp_path) -> None:
         assert parts == pytest.approx(request["total"]) and request["rest"] >= 0
 
 
+def test_request_phases_smoke_with_the_likelihood_vote_and_a_profile(tmp_path) -> None:
+    from bench import request_phases
+
+    argv = ["--smoke", "--rule", "likelihood", "--profile", str(tmp_path / "profile"), "--out", str(tmp_path)]
+    assert request_phases.main(argv) == 0
+    report = json.loads((tmp_path / "request_phases.json").read_text())
+    # every answer is scored on the prefill the decoding kept: none is prefilled a second time
+    assert positive(report["median_ms"]["score-tails"]) and report["median_ms"]["score-prefill"] == 0
+    for request in report["requests"]:
+        assert sum(request[p] for p in request_phases.PHASES) == pytest.approx(request["total"])
+    tables = (tmp_path / "profile" / "ops_by_host_time.txt").read_text()
+    assert "phase:score-tails" in tables and (tmp_path / "profile" / "trace.json.gz").stat().st_size > 0
+
+
 def test_serving_speed_smoke_with_the_decode_loop(
     bench, tiny_model_dir: Path, questions_file: Path, tmp_path: Path, capsys
 ):
