@@ -63,6 +63,8 @@ class PreparedBatch:
     examples: list[QAExample]
     options: BatchOptions
     explain: bool
+    lengths: tuple[int, ...] | None = None
+    """Per row, tokens of its context and question (counted by the checks): what its chunks are cut by."""
 
 
 @dataclass(frozen=True)
@@ -175,12 +177,12 @@ def prepare(
     service: QAService, examples: list[QAExample], request: BatchOptionsRequest, *, source: Source
 ) -> PreparedBatch:
     """Check the row count and lengths, resolve members/prompts/decoding; raises before anything runs."""
-    s = service.settings
     _check_count(len(examples), source, service)
+    lengths = []
     for n, ex in enumerate(examples, start=1):
         _check_text(ex, n, source)
         try:
-            service.check_lengths(ex.context, ex.question)
+            lengths.append(service.check_lengths(ex.context, ex.question))
         except RequestLimitError as exc:
             raise BatchInputError(
                 f"{source}: question {n} (id {ex.id!r}), field '{exc.field}': {str(exc).split(': ', 1)[1]}",
@@ -199,12 +201,12 @@ def prepare(
         prompts=plan.prompts,
         decoding=plan.decoding,
         strategies=strategies,
-        chunk_size=s.batch_chunk_size,
+        chunks=service.chunk_limits(),
         metric=request.metric,
         vote=plan.vote,
         min_confidence=service.min_confidence(request.min_confidence),
     )
-    return PreparedBatch(examples=examples, options=options, explain=request.explain)
+    return PreparedBatch(examples=examples, options=options, explain=request.explain, lengths=tuple(lengths))
 
 
 def _check_text(ex: QAExample, n: int, source: Source) -> None:

@@ -29,6 +29,7 @@ def run(
     result = service.run_batch(
         batch.examples,
         batch.options,
+        lengths=batch.lengths,
         on_progress=on_progress,
         should_stop=should_stop,
         describe_error=_row_error,
@@ -67,4 +68,5 @@ def to_batch_response(result: BatchResult, *, explain: bool, strategies: bool) -
         scores=scores,
         failed_rows=len(result.failed),
         seconds={name: round(value, 3) for name, value in result.seconds.items()},
+        passes=dict(result.passes) if strategies else None,
     )

@@ -183,7 +183,7 @@ class BatchOptionsRequest(BaseModel):
         ge=0,
         le=1,
         allow_inf_nan=False,
-        description="Rows below this confidence abstain (answer null, abstained true, \"\" in the CSV), as "
+        description='Rows below this confidence abstain (answer null, abstained true, "" in the CSV), as '
         "for /answer. Default: the server's QA_MIN_CONFIDENCE (unset: never abstain).",
     )
 
@@ -238,6 +238,12 @@ class BatchResponse(BaseModel):
     )
     failed_rows: int
     seconds: dict[str, float] = Field(description="Wall time of the main pass, the greedy pass and in all.")
+    passes: dict[str, str] | None = Field(
+        None,
+        description="With strategies: which generation pass each kind of strategy came from: 'greedy:*' "
+        "from 'greedy' (decoded on the main pass's prefill where the decoder keeps it) or, for a greedy main "
+        "pass, 'main'; '*' (every other strategy) from 'main'.",
+    )
 
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled", "interrupted"]

@@ -25,6 +25,7 @@ from engine import Engine, EngineConfig, build_engine
 from engine.batcher import BatchRecord, MicroBatcher
 from ensemble.batch import BatchOptions, BatchResult, run_batch
 from ensemble.calibration import abstains
+from ensemble.chunks import ChunkLimits, chunk_limits
 from ensemble.datasets import QAExample
 from ensemble.pipeline import QARequest
 from ensemble.plan import DEFAULT_NUM_BEAMS, Decoding, Member, PlanDefaults, plan_defaults
@@ -290,10 +291,12 @@ class QAService:
             )
         return ResolvedPlan(tuple(members) if members is not None else None, names, resolved, vote_config)
 
-    def check_lengths(self, context: str, question: str) -> None:
-        """Characters first (cheap), then tokens with the served tokenizer; a 413 `RequestLimitError`."""
+    def check_lengths(self, context: str, question: str) -> int:
+        """Characters first (cheap), then tokens with the served tokenizer; a 413 `RequestLimitError`.
+        Returns the tokens of context and question together (what a batch's chunks are cut by)."""
         s = self.settings
         generator = self._require().generator
+        total = 0
         for field, text, max_chars, max_tokens in (
             ("context", context, s.max_context_chars, s.max_context_tokens),
             ("question", question, s.max_question_chars, s.max_question_tokens),
@@ -302,6 +305,8 @@ class QAService:
                 raise RequestLimitError(field, f"longer than {max_chars} characters", status=413)
             if (n := generator.count_tokens(text)) > max_tokens:
                 raise RequestLimitError(field, f"{n} tokens, more than the limit of {max_tokens}", status=413)
+            total += n
+        return total
 
     def check_answer(self, req: AnswerRequest) -> ResolvedPlan:
         """Every check of an answer request, before it waits for a slot; raises the typed errors."""
@@ -326,23 +331,38 @@ class QAService:
             min_confidence=self.min_confidence(req.min_confidence),
         )
 
+    def chunk_limits(self) -> ChunkLimits:
+        """How a batch run cuts its chunks: the settings, each unset one by the device the model runs on
+        (`ensemble.chunks.CHUNK_LIMITS`)."""
+        s = self.settings
+        return chunk_limits(LoadConfig(device=s.device).resolved_device()).overridden(
+            rows=s.batch_chunk_size, tokens=s.batch_chunk_tokens
+        )
+
     def run_batch(
         self,
         examples: Sequence[QAExample],
         options: BatchOptions,
         *,
+        lengths: Sequence[int] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
         should_stop: Callable[[], bool] | None = None,
         describe_error: Callable[[Exception], str] | None = None,
     ) -> BatchResult:
-        """Many questions through `ensemble.batch.run_batch` (one result per row, in order)."""
-        self._require()
+        """Many questions through `ensemble.batch.run_batch` (one result per row, in order); chunks are cut
+        by `lengths` (None: tokens of context and question, counted now)."""
+        generator = self._require().generator
         assert self._batcher is not None  # set together with the engine
+        if lengths is None:
+            lengths = [
+                generator.count_tokens(ex.context) + generator.count_tokens(ex.question) for ex in examples
+            ]
         # Chunks go through the micro-batcher, so a batch job and /answer requests share generation passes.
         return run_batch(
             self._batcher,
             examples,
             options,
+            lengths=lengths,
             on_progress=on_progress,
             should_stop=should_stop,
             describe_error=describe_error,

@@ -133,7 +133,7 @@ class ServiceSettings(BaseSettings):
         le=1,
         allow_inf_nan=False,
         description="Withhold answers whose confidence is below this (0..1): /answer says answer null and "
-        "abstained true (with the clusters), a /batch row abstains (\"\" in the CSV); a request's "
+        'abstained true (with the clusters), a /batch row abstains ("" in the CSV); a request\'s '
         "min_confidence overrides it. Unset: never abstain.",
     )
     max_new_tokens_limit: int = Field(128, ge=1, description="Largest max_new_tokens a request may ask for.")
@@ -153,7 +153,19 @@ class ServiceSettings(BaseSettings):
     batch_max_bytes: int = Field(
         20 * 1024 * 1024, ge=1, description="Largest POST /batch body (upload or JSON rows), in bytes (413)."
     )
-    batch_chunk_size: int = Field(16, ge=1, description="Questions per generation batch in a batch run.")
+    batch_chunk_size: int | None = Field(
+        None,
+        ge=1,
+        description="Most questions per generation chunk in a batch run. Unset: by device "
+        "(ensemble.chunks.CHUNK_LIMITS: 16).",
+    )
+    batch_chunk_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Most padded prompt tokens (questions x the longest) per generation chunk in a batch "
+        "run. Unset: by device (ensemble.chunks.CHUNK_LIMITS: no limit on CUDA, 6144 on the CPU, where "
+        "chunks are also cut so that no prompt is padded past 10% + 16 tokens of its own length).",
+    )
     batch_max_jobs: int = Field(
         32,
         ge=1,

@@ -43,8 +43,8 @@ class FannedOutBatch:
         self, on_progress: Callable[[int, int], None], should_stop: Callable[[], bool]
     ) -> BatchResponse:
         """Answer every row; raises `BatchCancelledError` when `should_stop()` says so."""
-        examples, options = self.batch.examples, self.batch.options
-        parts = split_parts(examples, options.chunk_size, self.chunks_per_part)
+        examples, options, lengths = self.batch.examples, self.batch.options, self.batch.lengths
+        parts = split_parts(examples, options.chunks, self.chunks_per_part, lengths)
         handle = self.model.options(multiplexed_model_id=self.set_id)
         started = time.perf_counter()
         results: dict[int, BatchResult] = {}
@@ -55,7 +55,12 @@ class FannedOutBatch:
                 while sent < len(parts) and len(pending) < self.in_flight:
                     if should_stop():
                         raise BatchCancelledError(f"stopped after {done} of {len(examples)} rows")
-                    pending[sent] = handle.run_part.remote([examples[i] for i in parts[sent]], options)
+                    part = parts[sent]
+                    pending[sent] = handle.run_part.remote(
+                        [examples[i] for i in part],
+                        options,
+                        None if lengths is None else [lengths[i] for i in part],
+                    )
                     sent += 1
                 oldest = next(iter(pending))
                 _, results[oldest] = pending.pop(oldest).result()

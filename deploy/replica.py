@@ -140,14 +140,19 @@ class QAModel:
             return await error_reply(exc, path="/batch", replica=self.replica_id)
         return Reply(200, result.model_dump(mode="json"), self.replica_id)
 
-    async def run_part(self, examples: Sequence[QAExample], options: BatchOptions) -> tuple[str, BatchResult]:
-        """One part of a batch job (whole chunks, see `ensemble.batch.split_parts`), with this replica's id.
+    async def run_part(
+        self, examples: Sequence[QAExample], options: BatchOptions, lengths: Sequence[int] | None = None
+    ) -> tuple[str, BatchResult]:
+        """One part of a batch job (whole chunks, see `ensemble.batch.split_parts`, cut by the part's
+        `lengths` as the whole was), with this replica's id.
 
         Rows fail alone inside `run_batch`; anything else raises to the job, which then fails, as a
         single-process job does.
         """
         async with self._holding_adapter_set():
-            result = await asyncio.to_thread(self.service.run_batch, list(examples), options)
+            result = await asyncio.to_thread(
+                functools.partial(self.service.run_batch, list(examples), options, lengths=lengths)
+            )
         return self.replica_id, result
 
     async def ready(self) -> ReadyResponse:

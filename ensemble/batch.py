@@ -1,4 +1,4 @@
-"""Run a pipeline over many examples: chunked, length-sorted, one result per input row, scored on gold.
+"""Run a pipeline over many examples: chunked by length, one result per input row, scored on gold.
 
 Used by `POST /batch` and `qa-eval run`, so the service and the offline report compute the same thing. A chunk
 that fails is retried row by row, so one bad row (a prompt too long, say) fails only itself: the output always
@@ -8,6 +8,12 @@ answer is "" (what prediction files write and what is scored). On gold data ever
 whether the vote's answer is right (``RowResult.correct``, KorQuAD exact match): what the report's
 calibration is measured on. This module runs no threads and holds no state between calls; callers report
 progress and cancel through callbacks.
+
+Chunks are cut by `ensemble.chunks` across the whole batch, not in arrival order: sorted by length, each chunk
+within its `ChunkLimits` (by device: questions on a GPU; padded tokens and a padding margin on a CPU). With
+strategies, a chunk's greedy pass runs right after its main pass over the very same prompts, so a decoder
+that keeps its last prefill (`models.decode_loop`) decodes the greedy answers on it instead of prefilling
+again; `BatchResult.passes` says which strategies came from which pass.
 
 A caller that spreads one batch over several workers (`deploy`'s Ray Serve replicas) splits it with
 `split_parts` and joins the parts' results with `merge_parts`: each part is a run of whole chunks in the order
@@ -23,6 +29,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from ensemble.calibration import abstains
+from ensemble.chunks import ChunkLimits, char_length, cut_chunks
 from ensemble.datasets import QAExample
 from ensemble.metric import Metric, Scores, exact_match_korquad, score_predictions
 from ensemble.pipeline import PipelineConfig, QARequest
@@ -48,8 +55,9 @@ class BatchOptions:
     strategies: bool = False
     """Also answer per strategy. Adds a greedy pass (one output per member x prompt) beside the main pass,
     unless the main pass is already greedy; every other strategy is re-voted from the main pass."""
-    chunk_size: int = 16
-    """Questions per generation batch."""
+    chunks: ChunkLimits = field(default_factory=ChunkLimits)
+    """Where the length-sorted questions are cut into generation chunks (`ensemble.chunks.chunk_limits`
+    gives them by device)."""
     metric: Metric = "korquad"
     """Metric used when the examples carry gold answers."""
     vote: VoteConfig | None = None
@@ -58,8 +66,6 @@ class BatchOptions:
     """Rows whose confidence is below this abstain (answer "", ``abstained``); None = never."""
 
     def __post_init__(self) -> None:
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size: must be >= 1; got {self.chunk_size}")
         if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"min_confidence: must be in [0, 1]; got {self.min_confidence}")
 
@@ -95,6 +101,9 @@ class BatchResult:
     """Strategy id (``ensemble`` always) -> EM/F1, when every example has gold answers."""
     seconds: dict[str, float]
     """Wall time of the main pass, the greedy pass (with strategies) and in all."""
+    passes: dict[str, str] = field(default_factory=dict)
+    """With strategies: which pass each kind of strategy came from ("greedy:*" -> "main" or "greedy",
+    every other -> "main"); see `strategy_passes`."""
 
     @property
     def failed(self) -> list[RowResult]:
@@ -148,21 +157,21 @@ def run_batch(
     examples: Sequence[QAExample],
     options: BatchOptions | None = None,
     *,
+    lengths: Sequence[int] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     describe_error: Callable[[Exception], str] | None = None,
 ) -> BatchResult:
-    """Answer every example. `on_progress(done, total)` runs after each chunk; `should_stop()` cancels;
-    `describe_error` turns a failed row's exception into its `error` text (default: class and message; a
-    server passes one that hides internals)."""
+    """Answer every example. `lengths` (one per example; default `char_length`) is what chunks are cut by;
+    `on_progress(done, total)` runs after each chunk; `should_stop()` cancels; `describe_error` turns a
+    failed row's exception into its `error` text (default: class and message; a server passes one that hides
+    internals)."""
     describe = describe_error or _describe
     options = options or BatchOptions()
     total = len(examples)
-    order = length_order(examples)
     decoding = options.decoding or pipeline.config.default_decoding
     greedy = Decoding(strategy="greedy", max_new_tokens=decoding.max_new_tokens)
-    # A greedy main pass already holds the greedy candidates: no second pass then.
-    greedy_pass = options.strategies and decoding.generate_kwargs() != greedy.generate_kwargs()
+    greedy_pass = options.strategies and needs_greedy_pass(decoding)
     # the greedy pass only gives each member's greedy texts: counted, it needs no likelihoods scored
     counted = replace(options.vote or pipeline.config.vote, rule="count")
     main: dict[int, Vote | Exception] = {}
@@ -170,15 +179,16 @@ def run_batch(
     seconds = {"main": 0.0, "greedy": 0.0}
     started = time.perf_counter()
     done = 0
-    for start in range(0, total, options.chunk_size):
+    for index in cut_chunks(_lengths(examples, lengths), options.chunks):
         if should_stop is not None and should_stop():
             raise BatchCancelledError(f"stopped after {done} of {total} rows")
-        index = order[start : start + options.chunk_size]
         chunk = [examples[i] for i in index]
         t0 = time.perf_counter()
         main.update(zip(index, _answer_isolated(pipeline, _requests(chunk, options, decoding)), strict=True))
         seconds["main"] += time.perf_counter() - t0
         if greedy_pass:
+            # right after the main pass, over the same prompts: a decoder that keeps its last prefill
+            # decodes these on it (`models.decode_loop`), so this pass costs its steps, not a prefill
             t0 = time.perf_counter()
             extra.update(
                 zip(
@@ -227,32 +237,58 @@ def run_batch(
                 correct=correct,
             )
         )
-    return BatchResult(rows=rows, scores=_scores(examples, rows, options), seconds=seconds)
+    passes = strategy_passes(decoding) if options.strategies else {}
+    return BatchResult(rows=rows, scores=_scores(examples, rows, options), seconds=seconds, passes=passes)
+
+
+def needs_greedy_pass(decoding: Decoding) -> bool:
+    """Do the `greedy:*` strategies need a pass of their own beside a main pass of `decoding`? Not when it
+    is greedy already: its candidates are the greedy answers, and it never runs twice."""
+    greedy = Decoding(strategy="greedy", max_new_tokens=decoding.max_new_tokens)
+    return decoding.generate_kwargs() != greedy.generate_kwargs()
+
+
+def strategy_passes(decoding: Decoding) -> dict[str, str]:
+    """Which pass each kind of strategy comes from, for a main pass of `decoding`: "greedy:*" from the greedy
+    pass (decoded on the main pass's prefill where the decoder keeps it) or, when the main pass is greedy,
+    from the main pass itself; every other strategy is re-voted from the main pass."""
+    if needs_greedy_pass(decoding):
+        return {"greedy:*": "greedy", "*": "main"}
+    return {"greedy:*": "main", "*": "main"}
 
 
 def _describe(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def length_order(examples: Sequence[QAExample]) -> list[int]:
-    """The order rows are answered in: by length, so similar lengths share a chunk and waste less padding.
+def _lengths(examples: Sequence[QAExample], lengths: Sequence[int] | None) -> list[int]:
+    if lengths is None:
+        return [char_length(ex) for ex in examples]
+    if len(lengths) != len(examples):
+        raise ValueError(f"{len(lengths)} lengths for {len(examples)} examples")
+    return list(lengths)
 
-    The sort is stable, so the rows of any slice of this order, answered alone, come in the same order again.
+
+def split_parts(
+    examples: Sequence[QAExample],
+    chunks: ChunkLimits,
+    chunks_per_part: int,
+    lengths: Sequence[int] | None = None,
+) -> list[list[int]]:
+    """Row indexes of consecutive parts of `chunks_per_part` whole chunks each, in the order `run_batch`
+    answers them.
+
+    `run_batch` over one part's rows (in this order, with their `lengths` and the same `chunks`) cuts
+    exactly the chunks a single `run_batch` over all rows cuts (`ensemble.chunks` cuts greedily from each
+    chunk's start), so parts can run anywhere and `merge_parts` gives the same rows.
     """
-    return sorted(range(len(examples)), key=lambda i: len(examples[i].context) + len(examples[i].question))
-
-
-def split_parts(examples: Sequence[QAExample], chunk_size: int, chunks_per_part: int) -> list[list[int]]:
-    """Row indexes of consecutive parts of `chunks_per_part` whole chunks each, in `length_order`.
-
-    `run_batch` over one part's rows (in this order, with the same `chunk_size`) forms exactly the chunks
-    a single `run_batch` over all rows forms, so parts can run anywhere and `merge_parts` gives the same rows.
-    """
-    if chunk_size < 1 or chunks_per_part < 1:
-        raise ValueError(f"chunk_size and chunks_per_part must be >= 1; got {chunk_size}, {chunks_per_part}")
-    order = length_order(examples)
-    size = chunk_size * chunks_per_part
-    return [order[start : start + size] for start in range(0, len(order), size)]
+    if chunks_per_part < 1:
+        raise ValueError(f"chunks_per_part must be >= 1; got {chunks_per_part}")
+    cut = cut_chunks(_lengths(examples, lengths), chunks)
+    return [
+        [i for chunk in cut[start : start + chunks_per_part] for i in chunk]
+        for start in range(0, len(cut), chunks_per_part)
+    ]
 
 
 def merge_parts(
@@ -277,7 +313,8 @@ def merge_parts(
     for result in results:
         for name, value in result.seconds.items():
             seconds[name] = seconds.get(name, 0.0) + value
-    return BatchResult(rows=rows, scores=_scores(examples, rows, options), seconds=seconds)
+    passes = next((r.passes for r in results if r.passes), {})
+    return BatchResult(rows=rows, scores=_scores(examples, rows, options), seconds=seconds, passes=passes)
 
 
 def _prediction(row: RowResult, strategy: str) -> str | None:

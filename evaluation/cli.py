@@ -124,6 +124,7 @@ def _run(args: argparse.Namespace) -> int:
         data_path=args.data,
         command=args.command,
         chunk_size=args.chunk_size,
+        chunk_tokens=args.chunk_tokens,
         strategies=args.strategies,
         metric=args.metric,
         progress=args.progress,
@@ -296,7 +297,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=DEFAULT_MAX_NEW_TOKENS,
         help=f"answer budget in tokens (default: {DEFAULT_MAX_NEW_TOKENS})",
     )
-    run.add_argument("--chunk-size", type=_positive, default=16, help="questions per generation batch")
+    run.add_argument(
+        "--chunk-size",
+        type=_positive,
+        help="most questions per generation chunk (default: by device, ensemble.chunks.CHUNK_LIMITS)",
+    )
+    run.add_argument(
+        "--chunk-tokens",
+        type=_positive,
+        help="most padded prompt tokens per generation chunk (default: by device; on the CPU chunks are "
+        "also cut so no prompt is padded past a small margin)",
+    )
     run.add_argument(
         "--no-strategies",
         dest="strategies",

@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ensemble.batch import BatchResult
+from ensemble.batch import BatchResult, needs_greedy_pass
 from ensemble.calibration import coverage_at, expected_calibration_error, reliability
 from ensemble.plan import Decoding
 from ensemble.strategies import ENSEMBLE
@@ -59,8 +59,13 @@ class RunFacts:
     decoding: Decoding
     strategies: bool
     chunk_size: int
+    """Most questions per generation chunk."""
     metric: str
     load_seconds: float
+    chunk_tokens: int | None = None
+    """Most padded prompt tokens per chunk (None: no limit)."""
+    chunk_margin: float | None = None
+    """The padding margin chunks were cut by (None: none)."""
 
 
 def is_korquad(path: Path) -> bool:
@@ -79,7 +84,7 @@ def software_versions() -> dict[str, str | None]:
 
 def strategy_pass(strategy: str, facts: RunFacts) -> str:
     """Which generation pass a strategy's candidates came from: "main", or "greedy" for the extra pass."""
-    greedy_pass = facts.strategies and facts.decoding.strategy != "greedy"
+    greedy_pass = facts.strategies and needs_greedy_pass(facts.decoding)
     return "greedy" if greedy_pass and strategy.startswith("greedy:") else "main"
 
 
@@ -156,7 +161,7 @@ def build_report(facts: RunFacts, result: BatchResult, token_lengths: Sequence[i
             "questions_per_second": _rate(n, result.seconds["main"]),
         }
     }
-    if facts.strategies and decoding.strategy != "greedy":
+    if facts.strategies and needs_greedy_pass(decoding):
         passes["greedy"] = {
             "decoding": "greedy",
             "seconds": round(result.seconds["greedy"], 3),
@@ -205,6 +210,8 @@ def build_report(facts: RunFacts, result: BatchResult, token_lengths: Sequence[i
             "max_new_tokens": decoding.max_new_tokens,
         },
         "chunk_size": facts.chunk_size,
+        "chunk_tokens": facts.chunk_tokens,
+        "chunk_margin": facts.chunk_margin,
         "metric": facts.metric if result.scores is not None else None,
         "software": software_versions(),
         "timing": {
@@ -218,6 +225,16 @@ def build_report(facts: RunFacts, result: BatchResult, token_lengths: Sequence[i
         "calibration": calibration_summary(result),
         "failed": [{"id": row.id, "error": row.error} for row in result.failed],
     }
+
+
+def _chunks(report: Mapping[str, Any]) -> str:
+    """How the questions were cut into generation chunks, in words."""
+    text = f"up to {report['chunk_size']} questions"
+    if report.get("chunk_tokens"):
+        text += f" and {report['chunk_tokens']:,} padded tokens"
+    if report.get("chunk_margin") is not None:
+        text += f", by length (padding at most {100 * report['chunk_margin']:.0f}% over a prompt's own)"
+    return text
 
 
 def render_markdown(report: Mapping[str, Any], *, max_failed: int = 5) -> str:
@@ -241,7 +258,7 @@ def render_markdown(report: Mapping[str, Any], *, max_failed: int = 5) -> str:
         f"members: {members}; prompts: {', '.join(report['prompts'])}",
         f"- decoding: {decoding['strategy']}{beams}, {decoding['outputs_per_prompt']} output(s) per prompt, "
         f"max {decoding['max_new_tokens']} new tokens, decoder {model.get('decoder', 'hf')}; chunks of "
-        f"{report['chunk_size']} questions",
+        f"{_chunks(report)}",
         f"- time: {passes}; model load {timing['load_seconds']:.1f} s",
         f"- prompts over the {tokens['limit']:,}-token input limit: {tokens['over_limit']} of "
         f"{data['questions']:,} (median {tokens['median']}, max {tokens['max']} tokens)",
@@ -258,7 +275,8 @@ def render_markdown(report: Mapping[str, Any], *, max_failed: int = 5) -> str:
             "",
             f"{report['metric']} metric. Strategies of one pass are re-voted from the same candidates, so "
             "they share that pass's generation time; `greedy:*` rows come from the greedy pass "
-            "(a separate one unless the main pass is greedy).",
+            "(a separate one unless the main pass is greedy; with the decode loop it decodes on the main "
+            "pass's prefill, so it costs its decode steps, not a second prefill).",
         ]
     else:
         lines.append("Not scored: the data has no gold answers for every question.")

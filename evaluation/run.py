@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from engine import Engine, EngineConfig, build_engine
 from ensemble.batch import BatchOptions, BatchResult, run_batch
+from ensemble.chunks import ChunkLimits, chunk_limits
 from ensemble.datasets import QAExample, write_predictions_csv
 from ensemble.metric import Metric
 from ensemble.plan import BASE_MEMBER_NAME, Decoding
@@ -50,7 +51,10 @@ class RunConfig:
     out_dir: Path
     data_path: Path
     command: str
-    chunk_size: int = 16
+    chunk_size: int | None = None
+    """Most questions per generation chunk; None: by device (`ensemble.chunks.CHUNK_LIMITS`)."""
+    chunk_tokens: int | None = None
+    """Most padded prompt tokens per chunk; None: by device."""
     strategies: bool = True
     """Also score every single member, prompt and decoding (re-voted from the same candidates)."""
     metric: Metric = "korquad"
@@ -80,17 +84,25 @@ def _quantization(model: Any) -> str:
     return "4bit" if in_4bit or getattr(model, "is_loaded_in_4bit", False) else "none"
 
 
-def _answer(engine: Engine, examples: Sequence[QAExample], config: RunConfig) -> BatchResult:
+def _answer(
+    engine: Engine, examples: Sequence[QAExample], config: RunConfig, chunks: ChunkLimits
+) -> BatchResult:
     options = BatchOptions(
         prompts=config.engine.default_prompts,
         decoding=config.engine.default_decoding,
         strategies=config.strategies,
-        chunk_size=config.chunk_size,
+        chunks=chunks,
         metric=config.metric,
     )
+    count = engine.generator.count_tokens
+    lengths = [count(ex.context) + count(ex.question) for ex in examples]  # as the service cuts its chunks
     with tqdm(total=len(examples), unit="q", desc="answering", disable=not config.progress) as bar:
         return run_batch(
-            engine.pipeline, examples, options, on_progress=lambda done, _total: bar.update(done - bar.n)
+            engine.pipeline,
+            examples,
+            options,
+            lengths=lengths,
+            on_progress=lambda done, _total: bar.update(done - bar.n),
         )
 
 
@@ -103,7 +115,10 @@ def execute(config: RunConfig, selection: Selection) -> dict[str, Any]:
     load_seconds = time.perf_counter() - t0
     examples = selection.examples
     lengths = prompt_token_lengths(engine, examples, config.engine.default_prompts)
-    result = _answer(engine, examples, config)
+    chunks = chunk_limits(engine.generator.device).overridden(
+        rows=config.chunk_size, tokens=config.chunk_tokens
+    )
+    result = _answer(engine, examples, config, chunks)
 
     model = engine.generator.model
     decoding: Decoding = config.engine.default_decoding
@@ -127,7 +142,9 @@ def execute(config: RunConfig, selection: Selection) -> dict[str, Any]:
         prompts=config.engine.default_prompts,
         decoding=decoding,
         strategies=config.strategies,
-        chunk_size=config.chunk_size,
+        chunk_size=chunks.rows,
+        chunk_tokens=chunks.tokens,
+        chunk_margin=chunks.margin,
         metric=config.metric,
         load_seconds=load_seconds,
     )

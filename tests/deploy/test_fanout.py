@@ -15,6 +15,7 @@ from app import batch_result  # noqa: E402 - after the skip
 from app.batch_input import PreparedBatch  # noqa: E402
 from deploy.fanout import FannedOutBatch  # noqa: E402
 from ensemble.batch import BatchCancelledError, BatchOptions, BatchResult, run_batch  # noqa: E402
+from ensemble.chunks import ChunkLimits  # noqa: E402
 from ensemble.datasets import QAExample  # noqa: E402
 from ensemble.pipeline import EnsemblePipeline  # noqa: E402
 
@@ -36,7 +37,7 @@ class EchoGenerator:
 
 PIPELINE = EnsemblePipeline(EchoGenerator())
 EXAMPLES = [QAExample(f"q{i}", "가나다 " * (i % 4 + 1), f"질문 {i} 답{i}", (f"답{i}",)) for i in range(7)]
-OPTIONS = BatchOptions(chunk_size=2, strategies=True)
+OPTIONS = BatchOptions(chunks=ChunkLimits(rows=2), strategies=True)
 
 
 @dataclass
@@ -70,16 +71,19 @@ class FakeHandle:
     def run_part(self) -> FakeHandle:
         return self
 
-    def remote(self, examples: Sequence[QAExample], options: BatchOptions) -> FakeResponse:
+    def remote(
+        self, examples: Sequence[QAExample], options: BatchOptions, lengths: Sequence[int] | None = None
+    ) -> FakeResponse:
         self.sent.append([ex.id for ex in examples])
-        response = FakeResponse((f"replica-{len(self.sent) % 2}", run_batch(PIPELINE, examples, options)))
+        result = run_batch(PIPELINE, examples, options, lengths=lengths)
+        response = FakeResponse((f"replica-{len(self.sent) % 2}", result))
         self.responses.append(response)
         self.most_out = max(self.most_out, sum(not r.fetched for r in self.responses))
         return response
 
 
-def batch() -> PreparedBatch:
-    return PreparedBatch(examples=EXAMPLES, options=OPTIONS, explain=False)
+def batch(options: BatchOptions = OPTIONS, lengths: tuple[int, ...] | None = None) -> PreparedBatch:
+    return PreparedBatch(examples=EXAMPLES, options=options, explain=False, lengths=lengths)
 
 
 def test_parts_merge_into_the_single_process_result() -> None:
@@ -97,6 +101,19 @@ def test_parts_merge_into_the_single_process_result() -> None:
     )
     assert progress == [(2, 7), (4, 7), (6, 7), (7, 7)]
     assert handle.most_out == 2  # in_flight
+
+
+def test_parts_cut_by_the_batchs_token_lengths_merge_into_the_single_process_result() -> None:
+    # lengths as the service counts them (tokens), cut by a CPU's limits: padded tokens and a margin
+    options = BatchOptions(chunks=ChunkLimits(rows=3, tokens=40, margin=0.1, slack=2), strategies=True)
+    lengths = (9, 30, 10, 12, 11, 31, 8)
+    handle = FakeHandle()
+    job = FannedOutBatch(handle, "*", batch(options, lengths), chunks_per_part=1, in_flight=2)  # type: ignore[arg-type]
+    got = job(lambda done, total: None, lambda: False)
+    want = run_batch(PIPELINE, EXAMPLES, options, lengths=lengths)
+    assert got.rows == batch_result.to_batch_response(want, explain=False, strategies=True).rows
+    # chunks: [8, 9, 10] (10 <= 8 x 1.1 + 2), [11, 12] (11 > 10.8), [30], [31] (2 x 31 > 40 tokens)
+    assert handle.sent == [["q6", "q0", "q2"], ["q4", "q3"], ["q1"], ["q5"]]
 
 
 def test_cancel_stops_sending_and_cancels_what_is_out() -> None:

@@ -11,11 +11,11 @@ from ensemble.batch import (
     BatchCancelledError,
     BatchOptions,
     BatchResult,
-    length_order,
     merge_parts,
     run_batch,
     split_parts,
 )
+from ensemble.chunks import ChunkLimits, char_length, length_order
 from ensemble.datasets import QAExample
 from ensemble.metric import score_predictions
 from ensemble.pipeline import CandidateGenerator, EnsemblePipeline
@@ -95,7 +95,7 @@ def run(
     result = run_batch(
         EnsemblePipeline(generator),
         examples,
-        BatchOptions(**{"chunk_size": 2, **options}),
+        BatchOptions(**{"chunks": ChunkLimits(rows=2), **options}),
         on_progress=on_progress,
         should_stop=should_stop,
     )
@@ -210,26 +210,44 @@ def test_no_examples() -> None:
     assert (result.rows, result.scores, generator.calls) == ([], None, [])
 
 
-
 def test_parts_are_whole_chunks_in_length_order() -> None:
-    order = length_order(EXAMPLES)
-    assert split_parts(EXAMPLES, chunk_size=2, chunks_per_part=1) == [order[0:2], order[2:4], order[4:5]]
-    assert split_parts(EXAMPLES, chunk_size=2, chunks_per_part=2) == [order[0:4], order[4:5]]
-    assert split_parts([], chunk_size=2, chunks_per_part=2) == []
+    order = length_order([char_length(ex) for ex in EXAMPLES])
+    two = ChunkLimits(rows=2)
+    assert split_parts(EXAMPLES, two, chunks_per_part=1) == [order[0:2], order[2:4], order[4:5]]
+    assert split_parts(EXAMPLES, two, chunks_per_part=2) == [order[0:4], order[4:5]]
+    assert split_parts([], two, chunks_per_part=2) == []
     with pytest.raises(ValueError, match="chunks_per_part"):
-        split_parts(EXAMPLES, chunk_size=2, chunks_per_part=0)
+        split_parts(EXAMPLES, two, chunks_per_part=0)
+    with pytest.raises(ValueError, match="3 lengths for 5 examples"):
+        split_parts(EXAMPLES, two, 1, lengths=[1, 2, 3])
+
+
+# by characters, then by lengths as a tokenizer would count them, cut by a CPU's limits
+CUTS = [
+    (ChunkLimits(rows=2), None),
+    (ChunkLimits(rows=3, tokens=60, margin=0.1, slack=2), (30, 10, 21, 11, 20)),
+]
 
 
 @pytest.mark.parametrize("chunks_per_part", [1, 2, 3])
-def test_parts_merged_equal_one_run_with_the_same_generation_batches(chunks_per_part: int) -> None:
-    options = BatchOptions(chunk_size=2, strategies=True)
+@pytest.mark.parametrize(("chunks", "lengths"), CUTS)
+def test_parts_merged_equal_one_run_with_the_same_generation_batches(
+    chunks_per_part: int, chunks: ChunkLimits, lengths: tuple[int, ...] | None
+) -> None:
+    options = BatchOptions(chunks=chunks, strategies=True)
     whole_generator = FakeGenerator()
-    whole = run_batch(EnsemblePipeline(whole_generator), EXAMPLES, options)
+    whole = run_batch(EnsemblePipeline(whole_generator), EXAMPLES, options, lengths=lengths)
 
-    parts = split_parts(EXAMPLES, options.chunk_size, chunks_per_part)
+    parts = split_parts(EXAMPLES, options.chunks, chunks_per_part, lengths)
     parts_generator = FakeGenerator()
     results = [
-        run_batch(EnsemblePipeline(parts_generator), [EXAMPLES[i] for i in part], options) for part in parts
+        run_batch(
+            EnsemblePipeline(parts_generator),
+            [EXAMPLES[i] for i in part],
+            options,
+            lengths=None if lengths is None else [lengths[i] for i in part],
+        )
+        for part in parts
     ]
     merged = merge_parts(EXAMPLES, parts, results, options)
 
@@ -240,8 +258,8 @@ def test_parts_merged_equal_one_run_with_the_same_generation_batches(chunks_per_
 
 
 def test_merge_refuses_parts_that_do_not_fit() -> None:
-    options = BatchOptions(chunk_size=2)
-    parts = split_parts(EXAMPLES, 2, 2)
+    options = BatchOptions(chunks=ChunkLimits(rows=2))
+    parts = split_parts(EXAMPLES, options.chunks, 2)
     results = [run_batch(EnsemblePipeline(FakeGenerator()), [EXAMPLES[i] for i in p], options) for p in parts]
     with pytest.raises(ValueError, match="2 parts but 1 results"):
         merge_parts(EXAMPLES, parts, results[:1], options)
