@@ -38,7 +38,9 @@ each.
 
 The last decode's prefill (its KV, padding mask and next-token log-probabilities) is kept until the next one
 (`kept`), so that a likelihood vote scores candidate answers behind those prompts with one forward of the
-short candidates alone (`score_tails`) instead of prefilling the prompts again.
+short candidates alone (`score_tails`) instead of prefilling the prompts again, and a decode of the very same
+batch (the same ids, mask and adapters: a batch's greedy pass right after its beam pass) starts from it
+instead of prefilling again (`reused` counts those); the KV is the same either way, so are the outputs.
 
 It does not sample (sampled requests stay on `generate`), tokenize, or choose adapters: the generator does,
 and this loop only asks its `StackedLora` for the rows' mask (`set_rows`, a persistent buffer per row count).
@@ -104,6 +106,13 @@ class KeptPrefill:
     """[prompts, vocab] each prompt's next-token log-probabilities (a copy: the search may not touch it)."""
     version: int
     """`DecodeLoop.prefills` when it was made: a later prefill may have overwritten the buffers."""
+    ids: torch.Tensor | None = None
+    """[prompts, width] the batch it was made of (ids, ``padding`` its 2-D mask as given, ``adapters`` the
+    row adapters): a decode of the very same batch starts from it (`DecodeLoop.decode`)."""
+    padding: torch.Tensor | None = None
+    adapters: tuple[str | None, ...] = ()
+    static: bool = False
+    """Padded to a shape bucket (`PrefillState`): a decode that would pad it so too starts from it."""
 
 
 @dataclass(frozen=True)
@@ -174,6 +183,8 @@ class DecodeLoop:
         self.prefills = 0
         """Prefills run so far (warm-up's too): the version of `kept`."""
         self.kept: KeptPrefill | None = None
+        self.reused = 0
+        """Decodes that started from the kept prefill instead of prefilling again."""
 
     def clear(self) -> None:
         """Drop every shape's buffers and graph (out of memory, or the LoRA stacks changed)."""
@@ -207,7 +218,14 @@ class DecodeLoop:
         rows = bucket(prompts) if width > 1 or static else prompts  # prompts in the state, padding included
         with torch.inference_mode():
             self._check_lora_version()
-            if static:  # padded to a shape bucket; on CUDA replayed from a graph
+            kept = self._same_batch(input_ids, attention_mask, adapters, static)
+            if kept is not None:  # the very batch just prefilled: its KV as it is
+                self._set_rows(adapters, 1)
+                prefill, prompt_mask, log_probs = kept.cache, kept.mask, kept.log_probs.clone()
+                if rows > prompts:
+                    log_probs = torch.cat((log_probs, log_probs[:1].expand(rows - prompts, -1)))
+                self.reused += 1
+            elif static:  # padded to a shape bucket; on CUDA replayed from a graph
                 self._set_rows([*adapters, *[None] * (rows - prompts)], 1)
                 pre = self._prefill(input_ids, attention_mask, rows)
                 prefill, log_probs, prompt_mask = pre.cache, pre.log_probs, pre.mask
@@ -218,10 +236,18 @@ class DecodeLoop:
                 # padding prompts start as copies of prompt 0, as `DecodeState.load` makes them
                 if rows > prompts:
                     log_probs = torch.cat((log_probs, log_probs[:1].expand(rows - prompts, -1)))
-            self.prefills += 1
-            self.kept = KeptPrefill(
-                prefill, prompt_mask[:prompts], log_probs[:prompts].clone(), self.prefills
-            )
+            if kept is None:
+                self.prefills += 1
+                self.kept = KeptPrefill(
+                    prefill,
+                    prompt_mask[:prompts],
+                    log_probs[:prompts].clone(),
+                    self.prefills,
+                    input_ids,
+                    attention_mask,
+                    tuple(adapters),
+                    static,
+                )
             stops = Stops(self.eos, log_probs.shape[-1], line_ends, device)
             if k > 1:
                 keep = max(2, 1 + len(self.eos)) * k  # as transformers: enough for k to run on past EOS
@@ -240,6 +266,27 @@ class DecodeLoop:
                 del prefill
                 self._steps(state, search, tokens, source, width, min_new_tokens)
             return search.result(num_return_sequences)
+
+    def _same_batch(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        adapters: Sequence[str | None],
+        static: bool,
+    ) -> KeptPrefill | None:
+        """The kept prefill, when it was made of exactly this batch (ids, padding, row adapters, padded to a
+        shape or not) and nothing has been prefilled since (the LoRA stacks unchanged: `_check_lora_version`
+        drops it otherwise)."""
+        kept = self.kept
+        if kept is None or kept.ids is None or kept.padding is None or kept.version != self.prefills:
+            return None
+        if kept.static != static:
+            return None
+        if tuple(adapters) != kept.adapters or kept.ids.shape != input_ids.shape:
+            return None
+        if not (torch.equal(kept.ids, input_ids) and torch.equal(kept.padding, attention_mask)):
+            return None
+        return kept
 
     def score_tails(
         self, rows: Sequence[int], tails: Tails, adapters: Sequence[str | None]

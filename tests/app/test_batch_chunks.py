@@ -1,5 +1,6 @@
 """POST /batch on the CPU (tiny random model, 3 random adapters): chunks cut by token length across the whole
-batch, and every row answered exactly as the same question asked alone through /answer, in input order."""
+batch, every row answered exactly as the same question asked alone through /answer, in input order, and the
+greedy pass of a beam batch decoded on the beam pass's prefill."""
 
 import json
 from collections.abc import Iterator
@@ -53,8 +54,8 @@ def test_every_row_answers_as_it_would_alone_in_input_order(cpu_client: TestClie
     batch_rows = rows()
     body = {"prompts": ["zero-shot", "principled"], "decoding": decoding}
     service = cpu_client.app.state.service
-    pipeline = service.engine().pipeline
-    calls = pipeline.stats.generate_calls
+    pipeline, loop = service.engine().pipeline, service.engine().generator._loop
+    calls, reused = pipeline.stats.generate_calls, loop.reused
     response = cpu_client.post("/batch", json={"rows": batch_rows, **body, "explain": True})
     assert response.status_code == 200, response.text
     batch = response.json()
@@ -72,6 +73,8 @@ def test_every_row_answers_as_it_would_alone_in_input_order(cpu_client: TestClie
     passes = 1 if greedy else 2  # with gold answers, strategies: beams add a greedy pass, greedy does not
     assert pipeline.stats.generate_calls - calls == passes * len(chunks)
     assert batch["passes"] == {"greedy:*": "main" if greedy else "greedy", "*": "main"}
+    # each chunk's greedy pass decoded on its beam pass's prefill: no second prefill
+    assert loop.reused - reused == (0 if greedy else len(chunks))
 
     for got, row in zip(batch["rows"], batch_rows, strict=True):
         alone = cpu_client.post(
