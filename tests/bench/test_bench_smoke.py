@@ -272,3 +272,30 @@ def test_training_curves_tabulates_and_plots_each_member(tmp_path, capsys) -> No
     assert (tmp_path / "out" / "training_curves.png").stat().st_size > 1000
     saved = json.loads((tmp_path / "out" / "training_curves.json").read_text("utf-8"))
     assert saved["m1"]["f1"] == [[0.0, 60.0], [0.1, 73.5]] and saved["m1"]["loss"] == [[0.05, 0.7]]
+
+
+def test_cpu_path_smoke_times_answer_and_every_batch_cell(
+    bench, tiny_model_dir: Path, questions_file: Path, tmp_path: Path, capsys
+):
+    out = tmp_path / "cpu"
+    assert bench("cpu_path").main(smoke_args(tiny_model_dir, questions_file, out)) == 0, capsys.readouterr()
+    report = json.loads((out / "cpu_path.json").read_text(encoding="utf-8"))
+    assert (out / "cpu_path.md").read_text(encoding="utf-8") in capsys.readouterr().out
+    assert report["environment"]["device"] == "cpu" and report["questions"] == 2
+    one, many = report["prefill_decode"]
+    assert (one["rows"], many["rows"]) == (1, 2)
+    assert all(
+        positive(k["prefill_tokens_per_s"]) and positive(k["decode_tokens_per_s"]) for k in (one, many)
+    )
+    assert positive(report["answer"]["seconds_per_question"])
+    cells = {c["cell"]: c for c in report["cells"]}
+    assert cells.keys() == {"default", "rows16", "beam"}
+    for cell in cells.values():
+        assert cell["failed_rows"] == 0 and cell["same_answers_as_alone"] == 2
+        assert positive(cell["main_seconds_per_question"])
+    assert cells["rows16"]["limits"] == {"rows": 16, "tokens": None, "margin": None, "slack": 0}
+    # greedy: no second pass; beams: a greedy pass per chunk, each decoded on its beam pass's prefill
+    assert cells["default"]["greedy_seconds"] == 0 and cells["default"]["prefills_reused"] == 0
+    beam = cells["beam"]
+    assert beam["passes"] == {"greedy:*": "greedy", "*": "main"}
+    assert beam["generate_calls"] == 2 and beam["prefills_reused"] == 1 and positive(beam["greedy_seconds"])
