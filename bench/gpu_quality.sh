@@ -102,14 +102,15 @@ case "$step" in
   s9)  # background: see the header
     env_runs
     ship=$SRC/adapters/$KEY
-    for variant in bf16 4bit; do
-      for rule in count file; do
+    for cell in ${PHASE_CELLS:-bf16-count bf16-file 4bit-count 4bit-file}; do
+      variant=${cell%%-*} rule=${cell#*-}
+      {
         extra=(); [ "$variant-$rule" = bf16-file ] && extra=(--profile "$RES/profile-bf16-likelihood")
         (cd "$SRC" && python3 -m bench.request_phases --model "$KEY" --cache-dir /tmp/cache --adapters-dir "$ship" \
           --data "$DATA" --variant "$variant" --rule "$rule" --requests 16 --out "$RES/phases-$variant-$rule" \
           "${extra[@]}" >"$RES/phases-$variant-$rule.log" 2>&1; echo "exit $?" >>"$RES/phases-$variant-$rule.log")
         echo "phases-$variant-$rule $(tail -1 "$RES/phases-$variant-$rule.log") $(date +%T)"
-      done
+      }
     done
     (eval_run holdout-bf16 --split train --ids /tmp/data/holdout_ids.json --adapters-dir "$ship" --quantization none) &
     (eval_run eval-bf16 --split eval --adapters-dir "$ship" --quantization none) &
@@ -120,7 +121,7 @@ case "$step" in
     env_runs
     mkdir -p /tmp/adapters-count && cp -r "$SRC/adapters/$KEY"/* /tmp/adapters-count/
     python3 -c "import json; f='/tmp/adapters-count/vote.json'; d=json.load(open(f)); d['vote']['rule']='count'; d['vote'].pop('calibration'); json.dump(d, open(f, 'w'))"
-    for cell in bf16-likelihood bf16-count 4bit-likelihood 4bit-count; do
+    for cell in ${LATENCY_CELLS:-bf16-likelihood bf16-count 4bit-likelihood 4bit-count}; do
       variant=${cell%%-*} rule=${cell#*-}
       dir=$SRC/adapters/$KEY; [ "$rule" = count ] && dir=/tmp/adapters-count
       q=none; [ "$variant" = 4bit ] && q=4bit
