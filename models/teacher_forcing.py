@@ -78,29 +78,40 @@ class Tails:
 
 
 def pack_tails(continuations: Sequence[Sequence[Sequence[int]]], *, pad_id: int) -> Tails:
-    """Lay every row's continuations out behind one another (see `Tails`)."""
+    """Lay every row's continuations out behind one another (see `Tails`).
+
+    Built from flat Python lists with one tensor per array and the mask in one broadcast comparison (a
+    column may see an earlier-or-same column of its own continuation): a likelihood vote packs this on
+    the host for every request, so a copy per continuation would be its cost."""
     if any(not c for conts in continuations for c in conts):
         raise ValueError("every continuation needs at least one token (the caller appends the end token)")
     rows = len(continuations)
     width = max([1, *(sum(len(c) for c in conts) for conts in continuations)])
-    ids = torch.full((rows, width), pad_id, dtype=torch.long)
-    offsets = torch.zeros((rows, width), dtype=torch.long)
-    allowed = torch.eye(width, dtype=torch.bool).repeat(rows, 1, 1)
+    ids = [[pad_id] * width for _ in range(rows)]
+    offsets = [[0] * width for _ in range(rows)]
+    segment = [[-1 - column for column in range(width)] for _ in range(rows)]  # padding: alone
     query, target, owner = [], [], []
     for b, conts in enumerate(continuations):
         column = 0
         for k, cont in enumerate(conts):
-            n = len(cont)
-            span = slice(column, column + n)
-            ids[b, span] = torch.tensor(list(cont))
-            offsets[b, span] = torch.arange(n)
-            allowed[b, span, span] = torch.ones(n, n, dtype=torch.bool).tril()
             for j, token in enumerate(cont):
+                ids[b][column + j], offsets[b][column + j], segment[b][column + j] = token, j, k
                 query.append((b, -1 if j == 0 else column + j - 1))
                 target.append(token)
                 owner.append((b, k))
-            column += n
-    return Tails(ids, offsets, allowed, query, target, owner, [len(c) for c in continuations])
+            column += len(cont)
+    seg = torch.tensor(segment, dtype=torch.long).reshape(rows, width)
+    columns = torch.arange(width)
+    allowed = (seg[:, :, None] == seg[:, None, :]) & (columns[None, :] <= columns[:, None])
+    return Tails(
+        torch.tensor(ids, dtype=torch.long).reshape(rows, width),
+        torch.tensor(offsets, dtype=torch.long).reshape(rows, width),
+        allowed,
+        query,
+        target,
+        owner,
+        [len(c) for c in continuations],
+    )
 
 
 def additive_mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -145,3 +145,20 @@ def test_scores_on_the_kept_prefill_equal_scores_prefilled_again(
     assert len(prefilled) >= 1
     for a, b in zip(again, expected, strict=True):
         assert [v for v, _ in a] == pytest.approx([v for v, _ in b], abs=1e-4)
+
+
+def test_packed_tails_lay_out_each_continuation_in_its_own_causal_block() -> None:
+    from models.teacher_forcing import pack_tails
+
+    tails = pack_tails([[[5, 6], [7]], [[8, 9, 10]], []], pad_id=0)
+    assert tails.ids.tolist() == [[5, 6, 7], [8, 9, 10], [0, 0, 0]]
+    assert tails.offsets.tolist() == [[0, 1, 0], [0, 1, 2], [0, 0, 0]]
+    t, f = True, False
+    assert tails.allowed.tolist() == [
+        [[t, f, f], [t, t, f], [f, f, t]],  # "5 6" causal, "7" alone
+        [[t, f, f], [t, t, f], [t, t, t]],  # one continuation: plain causal
+        [[t, f, f], [f, t, f], [f, f, t]],  # padding sees only itself
+    ]
+    # the first token of each continuation is read off the prompt's last position (-1)
+    assert tails.query == [(0, -1), (0, 0), (0, -1), (1, -1), (1, 0), (1, 1)]
+    assert tails.owner == [(0, 0), (0, 0), (0, 1), (1, 0), (1, 0), (1, 0)] and tails.counts == [2, 1, 0]
