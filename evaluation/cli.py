@@ -8,12 +8,15 @@
                 [--no-progress]
     qa-eval fit-vote --candidates FILE --out FILE
     qa-eval revote --candidates FILE [--vote FILE] [--out FILE]
+    qa-eval headroom --candidates FILE [--vote FILE] [--data FILE] [--rerank-folds K] [--out FILE]
 
 `fit-vote` fits the vote (rule, weights, calibration) on the candidates.jsonl of a run over HELD-OUT TRAIN
 questions and writes a vote.json to ship beside the adapters (`adapters/<model key>/vote.json`); `revote`
 re-votes a candidates.jsonl (the eval split's, to check a fitted vote offline; never fit on it) and prints
 F1/EM of every strategy and the calibration error of the ensemble's confidence (its reliability plot beside
-the JSON).
+the JSON). `headroom` says what choosing could still buy from those members (`evaluation.headroom`: oracles
+over the members' top answers, rows and candidates, how often the members agree) and, with
+`--rerank-folds K`, the k-fold F1 of a learned reranker against the vote (on held-out train candidates).
 
 `--split` keeps only the questions whose article falls in the project's fixed md5-by-title split
 (KorQuAD/SQuAD JSON only); `all` (the default) keeps every question of any supported file. `--limit N` then
@@ -189,6 +192,51 @@ def _revote(args: argparse.Namespace) -> int:
     return 0
 
 
+def _headroom(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from ensemble.datasets import load_examples
+    from ensemble.vote import VoteConfig
+    from ensemble.vote_file import read_vote_file
+    from evaluation.candidates import read_candidates
+    from evaluation.headroom import headroom, rerank_cv
+    from evaluation.selection import sha256_of
+
+    questions = read_candidates(args.candidates)
+    config = read_vote_file(args.vote).vote if args.vote else VoteConfig(rule="likelihood")
+    found = headroom(questions)
+    lines = [f"{found.questions} questions, members {', '.join(found.members)}"]
+    lines += [f"  top answer of {m}: F1 {v:.2f}" for m, v in found.member_top.items()]
+    lines += [
+        f"  oracle over the members' top answers: {found.oracle_members:.2f} "
+        f"(+{found.oracle_members - found.member_top[found.best_member]:.2f} over {found.best_member})",
+        f"  oracle over every row's top answer: {found.oracle_rows:.2f}; over every candidate: "
+        f"{found.oracle_candidates:.2f}",
+        f"  members agree on {found.agree:.1%}; the best member is beaten by another on "
+        f"{found.best_wrong_other_right:.1%} and beats every other on {found.best_right_other_wrong:.1%}",
+    ]
+    written = {
+        "candidates": {"file": args.candidates.name, "sha256": sha256_of(args.candidates)},
+        "headroom": asdict(found),
+    }
+    if args.rerank_folds:
+        texts = None
+        if args.data:
+            texts = {ex.id: (ex.context, ex.question) for ex in load_examples(args.data)}
+        result = rerank_cv(questions, config, texts, folds=args.rerank_folds)
+        lines.append(
+            f"  reranker, {result.folds}-fold by article: F1 {result.reranker_f1:.2f} against the vote's "
+            f"{result.vote_f1:.2f} on the same {result.questions} questions"
+        )
+        written["rerank"] = asdict(result)
+        written["vote"] = str(args.vote) if args.vote else "VoteConfig(rule='likelihood')"
+    if args.out:
+        args.out.write_text(json.dumps(written, ensure_ascii=False, indent=2) + "\n", "utf-8")
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="qa-eval",
@@ -346,6 +394,23 @@ def build_parser() -> argparse.ArgumentParser:
         "--out", type=Path, metavar="FILE", help="JSON to write (default: revote.json beside the candidates)"
     )
     again.set_defaults(handler=_revote)
+
+    room = commands.add_parser(
+        "headroom",
+        help="what a vote could still buy from a run's members: oracles, agreement, a reranker's k-fold F1",
+    )
+    room.add_argument(
+        "--candidates", type=Path, metavar="FILE", required=True, help="candidates.jsonl of a qa-eval run"
+    )
+    room.add_argument("--vote", type=Path, metavar="FILE", help="vote.json the reranker's features use")
+    room.add_argument(
+        "--data", type=Path, metavar="FILE", help="the run's data: contexts and questions for the reranker"
+    )
+    room.add_argument(
+        "--rerank-folds", type=int, default=0, metavar="K", help="also cross-validate the reranker (0: no)"
+    )
+    room.add_argument("--out", type=Path, metavar="FILE", help="JSON to write")
+    room.set_defaults(handler=_headroom)
     return parser
 
 
