@@ -13,8 +13,9 @@ one request at a time; then each cell sends all of them as one inline `POST /bat
   default:     the CPU's limits (`ensemble.chunks.CHUNK_LIMITS["cpu"]`: padded tokens and a padding margin);
   rowsN:       N questions a chunk in length order, no token limit or margin (how batches ran before #23);
   tokensN:     the CPU's limits with a budget of N padded tokens a chunk;
-  beam:        the CPU's limits, 3 beams instead of greedy: its main pass, and the greedy pass for the
-               `greedy:*` strategies decoded on the beam pass's prefill (`DecodeLoop.reused`).
+  beam:        the CPU's limits, 3 beams instead of greedy (the first --beam-questions): its main pass, and
+               the greedy pass for the `greedy:*` strategies decoded on the beam pass's prefill
+               (`DecodeLoop.reused`).
 Each row's answer is compared with the same question's `/answer` (same plan). Before the cells, the engine's
 generator alone times a prefill (one new token) of 1 and of 8 questions of similar length and their decode on
 that kept prefill (the same batch again, more new tokens): tokens/s of each. Prints a table and writes JSON
@@ -153,9 +154,10 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("/answer: %.1f s for %d questions", answer_seconds, len(questions))
 
             beam_decoding = {"strategy": "beam", "num_beams": 3}
+            beam_questions = questions[: args.beam_questions or None]
             if "beam" in cells:
                 t0 = time.perf_counter()
-                for ex in questions:
+                for ex in beam_questions:
                     body = {"context": ex.context, "question": ex.question, "decoding": beam_decoding}
                     response = client.post("/answer", json=body)
                     response.raise_for_status()
@@ -170,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                 service.chunk_limits = lambda limits=limits: limits  # this cell's chunks
                 if loop is not None:  # a cell starts cold: no chunk decodes on the last cell's prefill
                     loop.kept = None
-                body: dict[str, Any] = {"rows": [row_of(ex) for ex in questions]}
+                asked = beam_questions if name == "beam" else questions
+                body: dict[str, Any] = {"rows": [row_of(ex) for ex in asked]}
                 if name == "beam":
                     body["decoding"] = beam_decoding
                 calls, reused = engine.pipeline.stats.generate_calls, loop.reused if loop else 0
@@ -182,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
                 want = alone_beam if name == "beam" else alone
                 same = sum(row["answer"] == want[row["id"]] for row in batch["rows"])
                 seconds = batch["seconds"]
-                n = len(questions)
+                n = len(asked)
                 results.append(
                     {
                         "cell": name,
@@ -224,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         "answer_beam": (
             {
                 "seconds": round(beam_answer_seconds, 2),
-                "seconds_per_question": round(beam_answer_seconds / n, 3),
+                "seconds_per_question": round(beam_answer_seconds / max(len(beam_questions), 1), 3),
+                "questions": len(beam_questions),
             }
             if "beam" in cells
             else None
@@ -249,16 +253,18 @@ def render(report: dict[str, Any]) -> str:
         ],
     )  # fmt: skip
     answer = report["answer"]
-    rows = [["/answer, one at a time", "greedy", "-", answer["seconds_per_question"], "-", "-", "-",
-             f"{report['questions']}/{report['questions']}"]]  # fmt: skip
+    rows = [[f"/answer one at a time ({report['questions']} q)", "greedy", "-",
+             answer["seconds_per_question"], "-", "-", "-", "-"]]  # fmt: skip
     if report["answer_beam"]:
-        rows.append(["/answer, one at a time", "beam x3", "-", report["answer_beam"]["seconds_per_question"],
-                     "-", "-", "-", "-"])  # fmt: skip
+        beam = report["answer_beam"]
+        rows.append([f"/answer one at a time ({beam['questions']} q)", "beam x3", "-",
+                     beam["seconds_per_question"], "-", "-", "-", "-"])  # fmt: skip
     for c in report["cells"]:
         limits = c["limits"]
         cut = f"{limits['rows']} q" + (f", {limits['tokens']} tok" if limits["tokens"] else "")
         cut += f", {100 * limits['margin']:.0f}% + {limits['slack']}" if limits["margin"] is not None else ""
-        rows.append([f"/batch {c['cell']}", c["decoding"], cut, c["main_seconds_per_question"],
+        rows.append([f"/batch {c['cell']} ({c['questions']} q)", c["decoding"], cut,
+                     c["main_seconds_per_question"],
                      c["total_seconds_per_question"], c["whole_over_main"], c["generate_calls"],
                      f"{c['same_answers_as_alone']}/{c['questions']}"])  # fmt: skip
     cells = markdown_table(
@@ -293,6 +299,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--questions", type=int, default=40, help="a fixed random sample of this many")
     parser.add_argument("--prompts", help="QA_DEFAULT_PROMPTS (default: the device's)")
     parser.add_argument("--cells", default="default,rows16,tokens3072,tokens12288,beam")
+    parser.add_argument(
+        "--beam-questions",
+        type=int,
+        help="the beam cell (and its /answer) on the first N only (default: all)",
+    )
     parser.add_argument("--new-tokens", type=int, default=24, help="new tokens of the decode timing")
     parser.add_argument("--out", type=Path, help="default bench/results/<date>-cpu-path/")
     parser.add_argument("--smoke", action="store_true", help="the tiny random model, a few questions")
