@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from app.schemas import AdapterChangeResponse, AdapterOut, AdaptersResponse
 from app.service import QAService
-from models.registry import AdapterSpec
+from models.adapters.registry import AdapterSpec
 
 
 def list_adapters(service: QAService) -> AdaptersResponse:

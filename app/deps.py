@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from app.admission import Admission
-from app.jobs import JobManager
+from app.batch.jobs import JobManager
 from app.service import QAService
 from app.settings import ServiceSettings
 

@@ -23,8 +23,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.admission import ClientDisconnectedError, OverloadedError, RequestTimeoutError
-from app.batch_input import BatchInputError
-from app.job_errors import JobFinishedError, JobNotReadyError, TooManyJobsError, UnknownJobError
+from app.batch.input import BatchInputError
+from app.batch.job_errors import JobFinishedError, JobNotReadyError, TooManyJobsError, UnknownJobError
 from app.limits import BodyTooLargeError
 from app.schemas import ErrorResponse
 from app.service import RequestLimitError, ServiceNotReadyError, UnknownMemberError

@@ -18,8 +18,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app import __version__
 from app.admission import Admission
 from app.auth import OPEN_PATHS, ApiKeyMiddleware
+from app.batch import job_routes
+from app.batch import routes as batch
+from app.batch.job_store import JobStore
+from app.batch.jobs import JobManager
 from app.errors import (
     bad_framing_response,
     body_too_large_response,
@@ -28,13 +33,11 @@ from app.errors import (
     unauthorized_response,
 )
 from app.http_framing import FramingMiddleware, HeadMiddleware
-from app.job_store import JobStore
-from app.jobs import JobManager
 from app.limits import BodyLimitMiddleware
 from app.metrics import MetricsMiddleware, ServiceMetrics
 from app.metrics import router as metrics_router
 from app.request_log import RequestLogMiddleware
-from app.routes import adapters, answer, batch, batch_jobs, demo, health
+from app.routes import adapters, answer, demo, health
 from app.service import QAService
 from app.settings import ServiceSettings
 
@@ -70,14 +73,14 @@ def build_app(settings: ServiceSettings | None = None) -> FastAPI:
 
     app = FastAPI(
         title="qa-ensemble",
-        version="0.1.0",
+        version=__version__,
         summary="Extractive QA by voting over LoRA adapters x prompt variants x beams of one base model.",
         lifespan=lifespan,
     )
     app.state.settings = settings
     metrics = ServiceMetrics()  # per app, not process-global: tests build many apps
     app.state.metrics = metrics
-    for module in (health, answer, batch, batch_jobs, adapters):
+    for module in (health, answer, batch, job_routes, adapters):
         app.include_router(module.router)
     app.include_router(metrics_router)
     app.include_router(demo.router)

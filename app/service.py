@@ -1,4 +1,4 @@
-"""The service object: composes `models` (base model, adapters, generator) and `ensemble` (pipeline) once.
+"""The service object: holds the `Engine` that `engine.build_engine` composes from the settings, once.
 
 It owns the loading state (loading -> ready | failed) so the HTTP layer can answer /readyz while a large model
 is still being fetched, and it turns validated requests into pipeline calls, checking the limits that depend
@@ -31,7 +31,7 @@ from ensemble.pipeline import QARequest
 from ensemble.plan import DEFAULT_NUM_BEAMS, Decoding, Member, PlanDefaults, plan_defaults
 from ensemble.prompts import get_prompt_style
 from ensemble.vote import Vote, VoteConfig
-from models.loading import LoadConfig
+from models.base.loading import LoadConfig
 
 logger = logging.getLogger(__name__)
 

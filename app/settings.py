@@ -6,6 +6,7 @@ documented in the README's configuration table.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,15 +14,18 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.sources import DEFAULT_MODEL
+from engine import EngineConfig
+from models.base.sources import DEFAULT_MODEL, default_cache_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EMBEDDED_ADAPTERS = REPO_ROOT / "adapters"
 """The repository's adapters, one folder per base model key (`adapters/<key>/<member>/`)."""
 
 
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "qa-ensemble"
+_ENGINE = {
+    f.name: f.default for f in dataclasses.fields(EngineConfig) if f.default is not dataclasses.MISSING
+}
+"""The engine's own defaults: a setting that configures the engine defaults to what `EngineConfig` does."""
 
 
 class ServiceSettings(BaseSettings):
@@ -42,12 +46,12 @@ class ServiceSettings(BaseSettings):
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Where fetched models are cached.")
     host: str = Field("127.0.0.1", description="Address qa-serve binds to.")
     port: int = Field(8000, ge=1, le=65535, description="Port qa-serve binds to.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="Where the model runs.")
+    device: Literal["auto", "cpu", "cuda"] = Field(_ENGINE["device"], description="Where the model runs.")
     quantization: Literal["auto", "4bit", "none"] = Field(
-        "auto", description="auto: 4-bit NF4 on CUDA, none on CPU."
+        _ENGINE["quantization"], description="auto: 4-bit NF4 on CUDA, none on CPU."
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="auto: bfloat16 on CUDA, float32 on CPU."
+        _ENGINE["dtype"], description="auto: bfloat16 on CUDA, float32 on CPU."
     )
     # NoDecode: pydantic-settings would parse the variable as JSON first and refuse "zero-shot,principled".
     default_prompts: Annotated[tuple[str, ...] | None, NoDecode] = Field(
@@ -56,38 +60,38 @@ class ServiceSettings(BaseSettings):
         "(ensemble.plan.DEVICE_DEFAULTS: zero-shot,principled on CUDA, zero-shot on the CPU).",
     )
     lora_backend: Literal["stacked", "peft"] = Field(
-        "stacked",
+        _ENGINE["lora_backend"],
         description="How rows of one batch use different adapters: stacked (all resident adapters in one "
         "matmul pair per layer, a per-row mask) or peft (peft's mixed-adapter batch, a loop per adapter).",
     )
     compile: bool = Field(
-        False,
+        _ENGINE["compile"],
         description="torch.compile (inductor) the decode step: with decoder=loop the loop's step, whose "
         "fused kernels its CUDA graph then replays; with decoder=hf generate's forward over a static KV "
         "cache (prompts padded to multiples of 64 tokens). Needs lora_backend=stacked. The first steps "
         "compile (warm-up does it before ready: minutes).",
     )
     decoder: Literal["auto", "hf", "loop"] = Field(
-        "auto",
+        _ENGINE["decoder"],
         description="How greedy and beam requests decode: hf (transformers' generate) or loop (our own loop: "
         "one prefill per prompt shared by its beams, a static KV cache, a CUDA graph per shape on CUDA). "
         "Sampled requests always use generate. loop needs lora_backend=stacked; auto: loop with stacked, "
         "hf with peft.",
     )
     lora_kernel: bool = Field(
-        True,
+        _ENGINE["lora_kernel"],
         description="Run a decode step's stacked LoRA as Triton kernels (CUDA, up to 64 rows): one a "
         "projection group (q/k/v, gate/up, o), two for down's long input, instead of an A matmul, a mask "
         "multiply and a B matmul per projection. Same arithmetic; false keeps the matmuls.",
     )
     attention_kernel: bool = Field(
-        True,
+        _ENGINE["attention_kernel"],
         description="Run a decode-loop step's rotary embedding, KV cache write and attention as two Triton "
         "kernels a layer (CUDA; Qwen2 and Llama attention) instead of ~14 operators. Same arithmetic up to "
         "rounding; false keeps transformers' attention.",
     )
     decode_cache_mb: int | None = Field(
-        None,
+        _ENGINE["decode_cache_mb"],
         ge=1,
         description="Memory the decode loop keeps for its shapes (KV buffers and CUDA graphs of the batch "
         "shapes met; least recently used out first), in MiB. Unset: a fifth of the GPU's memory on CUDA (at "
@@ -95,7 +99,7 @@ class ServiceSettings(BaseSettings):
         "elsewhere.",
     )
     warmup: bool | Literal["auto"] = Field(
-        "auto",
+        _ENGINE["warmup"],
         description="Before /readyz says ready, decode dummy prompts through the decode loop once per shape "
         "the server meets first (one question of the default plan, one greedy row) and prompt width bucket "
         "(on CUDA, where prefills are graphs too; cache length bucket elsewhere) up to max_input_tokens + "
@@ -104,7 +108,7 @@ class ServiceSettings(BaseSettings):
         "CUDA); false: never.",
     )
     max_resident_adapters: int | None = Field(
-        None,
+        _ENGINE["max_resident_adapters"],
         ge=1,
         description="Most adapters resident on the model at once; the least recently used unpinned one is "
         "unloaded to make room and loaded again when a request names it. Unset: all of them.",
@@ -143,7 +147,9 @@ class ServiceSettings(BaseSettings):
     )
     max_context_chars: int = Field(20_000, ge=1, description="Longest context accepted, in characters.")
     max_question_chars: int = Field(1_000, ge=1, description="Longest question accepted, in characters.")
-    max_input_tokens: int = Field(4_096, ge=16, description="Longest rendered prompt accepted, in tokens.")
+    max_input_tokens: int = Field(
+        _ENGINE["max_input_tokens"], ge=16, description="Longest rendered prompt accepted, in tokens."
+    )
     batch_sync_max_rows: int = Field(
         8,
         ge=0,

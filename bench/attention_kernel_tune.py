@@ -1,6 +1,7 @@
-"""The decode step's attention kernel (`models/attention_kernel.py`) per batch, cache length and launch
-setting, against the path it replaces (transformers' rotary, the `StepCache` write, `grouped_sdpa` and the
-output's reshape): microseconds a layer call, replayed from a CUDA graph (triton.testing.do_bench_cudagraph).
+"""The decode step's attention kernel (`models/kernels/attention_kernel.py`) per batch, cache length and
+launch setting, against the path it replaces (transformers' rotary, the `StepCache` write, `grouped_sdpa` and
+the output's reshape): microseconds a layer call, replayed from a CUDA graph
+(triton.testing.do_bench_cudagraph).
 
     python -m bench.attention_kernel_tune [--rows 1,18,288] [--lengths 256,1024,2048] [--out DIR]
 
@@ -29,8 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-    from models import attention_kernel
-    from models.fast_paths import grouped_sdpa
+    from models.decode.fast_paths import grouped_sdpa
+    from models.kernels import attention_kernel
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="1,18,288")

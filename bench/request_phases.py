@@ -108,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     from ensemble.pipeline import EnsemblePipeline, PipelineConfig, QARequest
     from ensemble.plan import Decoding, Member
     from ensemble.vote import VoteConfig
-    from models.decode_loop import DecodeLoop
-    from models.generator import Generator
-    from models.loading import LoadConfig, load_base
+    from models.base.loading import LoadConfig, load_base
+    from models.decode.generator import Generator
+    from models.decode.loop import DecodeLoop
 
     out = args.out or default_out("request-phases")
     if args.smoke:

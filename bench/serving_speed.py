@@ -8,9 +8,10 @@ resident adapter, the batch-1 decode step against the memory-bandwidth floor, 4-
 
 Per variant (how the base is loaded: 4bit = NF4 with bf16 compute, bf16 = no quantization), in one process:
   a. questions/s of the service path, `EnsemblePipeline.answer_many` over chunks of --chunk questions on
-     `models.generator.Generator` (ONE mixed-adapter generate per chunk), against a NAIVE LOOP on a plain peft
-     model of its own (per question, per adapter `set_adapter`, per prompt one `generate(num_beams=3,
-     num_return_sequences=3)`): the same adapters x prompts x beams candidates, 3 x 2 x 3 = 18 by default.
+     `models.decode.generator.Generator` (ONE mixed-adapter generate per chunk), against a NAIVE LOOP on a
+     plain peft model of its own (per question, per adapter `set_adapter`, per prompt one
+     `generate(num_beams=3, num_return_sequences=3)`): the same adapters x prompts x beams candidates, 3 x 2 x
+     3 = 18 by default.
   b. accelerator memory after the base load (and a first generate) plus what loading 1, 3 and 8 adapters
      added, against base + the adapters' file bytes (target: within +10%); the peak during the pipeline run.
   c. time per generated token of ONE greedy row through the generator ((64-token run - 1-token run) / 63):

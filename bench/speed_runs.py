@@ -31,8 +31,8 @@ from ensemble.datasets import QAExample
 from ensemble.pipeline import EnsemblePipeline, PipelineConfig
 from ensemble.plan import Decoding, Member
 from ensemble.prompts import render_prompt
-from models.registry import ADAPTER_WEIGHTS, AdapterSpec
-from models.sources import ResolvedModel
+from models.adapters.registry import ADAPTER_WEIGHTS, AdapterSpec
+from models.base.sources import ResolvedModel
 
 logger = logging.getLogger(__name__)
 VARIANTS = {
@@ -70,7 +70,7 @@ class SpeedConfig:
 
 
 def _load(base: ResolvedModel, variant: str, device: str) -> tuple[Any, Any, float]:
-    from models.loading import LoadConfig, load_base
+    from models.base.loading import LoadConfig, load_base
 
     quantization, dtype = VARIANTS[variant]
     config = LoadConfig(device=device, quantization=quantization, dtype=dtype)  # type: ignore[arg-type]
@@ -133,7 +133,7 @@ def run_service(
     cfg: SpeedConfig,
 ) -> dict[str, Any]:
     """(c) on the base alone, (b) adapters loaded one by one, (c) with one resident, (a) with --adapters."""
-    from models.generator import Generator
+    from models.decode.generator import Generator
 
     model, tokenizer, load_s = _load(base, variant, cfg.device)
     model.generation_config.min_new_tokens = cfg.new_tokens  # fixed lengths: EOS masked until the last token

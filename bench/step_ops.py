@@ -10,10 +10,10 @@ KorQuAD-sized prompt under a `TorchDispatchMode` that counts every ATen operator
 reshapes and other metadata-only operators are left out: they launch nothing), once for N new tokens and
 once for 1; the difference / (N - 1) is one step. Each operator is charged to the innermost module running
 it (RMSNorm, attention, MLP, a stacked LoRA linear, ...); operators outside every module are the token
-choice (`models.search`) and the loop's own bookkeeping. On CUDA each counted operator is about one kernel
-(bitsandbytes' 4-bit matmul is a few), so the table says where a step's launches go and what fusing would
-remove. The weights never matter, so `--random-init` (a config.json + tokenizer folder) is enough. Prints a
-table, writes JSON under `bench/results/<date>-step-ops/`.
+choice (`models.decode.search`) and the loop's own bookkeeping. On CUDA each counted operator is about one
+kernel (bitsandbytes' 4-bit matmul is a few), so the table says where a step's launches go and what fusing
+would remove. The weights never matter, so `--random-init` (a config.json + tokenizer folder) is enough.
+Prints a table, writes JSON under `bench/results/<date>-step-ops/`.
 """
 
 from __future__ import annotations
@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.model, args.random_init, args.tokens, args.prompt_tokens = "tiny-random", None, 3, 20
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(message)s")
-    from models.generator import Generator
-    from models.loading import LoadConfig, load_base
+    from models.base.loading import LoadConfig, load_base
+    from models.decode.generator import Generator
 
     with tempfile.TemporaryDirectory() as scratch:
         base = resolve_base(args.model, args.random_init, Path(scratch), args.cache_dir)

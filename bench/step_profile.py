@@ -45,8 +45,8 @@ logger = logging.getLogger("bench.step_profile")
 
 KINDS = (  # the first pattern a kernel's name matches names its kind (cuDNN's SDPA names its arch: sm90)
     ("4-bit matmul (bitsandbytes)", r"4bit|kgemm|gemv_4|bnb|dequantize"),
-    ("stacked LoRA (models.lora_kernel)", r"^_stacked_lora_kernel|^_shrink_kernel|^_expand_kernel"),
-    ("attention (models.attention_kernel)", r"^_attend_kernel|^_combine_kernel"),
+    ("stacked LoRA (models.kernels.lora_kernel)", r"^_stacked_lora_kernel|^_shrink_kernel|^_expand_kernel"),
+    ("attention (models.kernels.attention_kernel)", r"^_attend_kernel|^_combine_kernel"),
     ("attention (SDPA)", r"flash|fmha|attention|sdpa"),
     ("log-softmax of the logits", r"softmax"),
     ("matmul (cuBLAS / CUTLASS)", r"gemm|gemv|cutlass|nvjet|sm90_|sm80_|cublas|splitk|xmma"),

@@ -62,7 +62,7 @@ def _load_run(args: argparse.Namespace, backend: str | None = None) -> Any:
 
 def write_examples(args: argparse.Namespace, path: Path) -> dict[str, Any]:
     """Tokenize the examples every backend trains on, once; returns what was written."""
-    from models.loading import load_tokenizer
+    from models.base.loading import load_tokenizer
     from training.data import PromptEncoder, encode_examples, load_training_data
     from training.runner import resolve_base
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import random
 import shutil
@@ -23,8 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from ensemble.datasets import QAExample, load_korquad
-from models.registry import AdapterManifest, AdapterRegistry, AdapterSpec, write_manifest
-from models.sources import ResolvedModel, resolve_model
+from models.adapters.registry import AdapterManifest, AdapterRegistry, AdapterSpec, write_manifest
+from models.base.sources import ResolvedModel, default_cache_dir, resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "korquad" / "KorQuAD_v1.0_dev.json"
@@ -41,12 +40,6 @@ TOKENIZER_FILES = (
     "generation_config.json",
 )
 """Files copied as they are from a config folder into a random-initialised model folder (when present)."""
-
-
-def default_cache_dir() -> Path:
-    """Where converted bases are cached: $QA_CACHE_DIR as the service reads it (bench/gpu_env.sh sets it),
-    else the service's own default."""
-    return Path(os.environ.get("QA_CACHE_DIR") or Path.home() / ".cache" / "qa-ensemble")
 
 
 def default_out(name: str) -> Path:
@@ -82,8 +75,8 @@ def random_init_base(config_dir: Path, dest: Path, *, seed: int = 0, device: str
     """A model folder with random weights in the shape of `config_dir/config.json` and its tokenizer files.
 
     The weights are initialised on `device` in bf16 (fast on a GPU even for billions of parameters), saved,
-    and freed: the caller loads the folder back through `models.loading.load_base`, so the serving load path
-    (4-bit NF4 or bf16) applies exactly as for a real base.
+    and freed: the caller loads the folder back through `models.base.loading.load_base`, so the serving load
+    path (4-bit NF4 or bf16) applies exactly as for a real base.
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM

@@ -2,7 +2,7 @@
 
 A request's adapter set is the adapters it names (`adapter_set_id` makes one canonical string of them, the
 multiplexed model id the ingress routes by), or the default ensemble. Serve's multiplexer keeps a few sets per
-replica (LRU) and routes a set's requests to the replicas that hold it; `AdapterResidency` turns that into
+replica (LRU) and routes a set's requests to the replicas that hold it; `AdapterHolds` turns that into
 adapter loads and unloads on the replica's one base model: an adapter stays loaded while anything holds it
 (a resident set, as an `AdapterSetLease`, or a request in flight), so evicting a set never pulls an adapter
 from under a request that is generating with it. Pure Python, no Ray and no torch: loading is a callback.
@@ -46,7 +46,7 @@ def adapter_set_names(set_id: str, default: Sequence[str]) -> tuple[str, ...]:
     return tuple(name for name in set_id.split(SEPARATOR) if name)
 
 
-class AdapterResidency:
+class AdapterHolds:
     """Reference counts of the adapters loaded on one replica; loads on the first hold, unloads on the last
     release. Thread-safe: every change runs under one lock (a load or an unload included, so counts and the
     model never disagree)."""
@@ -118,20 +118,20 @@ class AdapterSetLease:
     back exactly once either way.
     """
 
-    def __init__(self, residency: AdapterResidency, set_id: str, names: Sequence[str]) -> None:
+    def __init__(self, holds: AdapterHolds, set_id: str, names: Sequence[str]) -> None:
         self.set_id = set_id
-        self._residency = residency
+        self._holds = holds
         self._lock = threading.Lock()
         self._released = False
         self.names: tuple[str, ...] = ()  # set only once the hold succeeded, so a failed one releases nothing
-        self.names = residency.hold(names)
+        self.names = holds.hold(names)
 
     def release(self) -> None:
         with self._lock:
             if self._released:
                 return
             self._released = True
-        self._residency.release(self.names)
+        self._holds.release(self.names)
 
     def __del__(self) -> None:
         if hasattr(self, "_lock"):  # a constructor that raised leaves nothing to release

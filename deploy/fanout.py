@@ -15,15 +15,15 @@ from dataclasses import dataclass, replace
 
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
-from app import batch_result
-from app.batch_input import PreparedBatch
+from app.batch import result as batch_result
+from app.batch.input import PreparedBatch
 from app.schemas import BatchResponse
 from ensemble.batch import BatchCancelledError, BatchResult, merge_parts, split_parts
 
 
 @dataclass(frozen=True)
 class FannedOutBatch:
-    """The work of one batch job: `job(on_progress, should_stop)`, as `app.jobs.JobManager` calls it."""
+    """The work of one batch job: `job(on_progress, should_stop)`, as `app.batch.jobs.JobManager` calls it."""
 
     model: DeploymentHandle
     """A handle of the `QAModel` deployment."""

@@ -1,8 +1,8 @@
 """`QAIngress`: the HTTP front of the Ray Serve application, with the single-process service's API.
 
 The same request and response schemas (`app.schemas`), the same middlewares and JSON error bodies
-(`app.main.install_http_layers`), the same `/batch` body reading (`app.routes.batch.receive_batch`) and the
-same job routes (`app.routes.batch_jobs`), so a client cannot tell the two apart, except that every answer
+(`app.main.install_http_layers`), the same `/batch` body reading (`app.batch.routes.receive_batch`) and the
+same job routes (`app.batch.job_routes`), so a client cannot tell the two apart, except that every answer
 names the model replica that gave it in `X-Replica`. The ingress holds no model: `/answer` and `/batch` go
 to the `QAModel` deployment through a Serve handle, with the request's adapter set as the multiplexed model
 id (`deploy.adapter_sets.adapter_set_id`), so Serve routes them to replicas that already hold those adapters.
@@ -26,14 +26,16 @@ from ray import serve
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle, DeploymentResponse
 
+from app import __version__
 from app.admission import OverloadedError, RequestTimeoutError
+from app.batch import job_routes
+from app.batch.job_store import JobStore
+from app.batch.jobs import JobManager
+from app.batch.routes import BATCH_ROUTE, accepted, receive_batch
 from app.errors import documented
-from app.job_store import JobStore
-from app.jobs import JobManager
 from app.main import install_http_layers
-from app.routes import batch_jobs, demo
+from app.routes import demo
 from app.routes.answer import ANSWER_ERRORS
-from app.routes.batch import BATCH_ROUTE, accepted, receive_batch
 from app.schemas import AdaptersResponse, AnswerRequest, AnswerResponse, HealthResponse, ReadyResponse
 from app.settings import ServiceSettings
 from deploy.adapter_sets import adapter_set_id
@@ -146,15 +148,15 @@ def build_ingress_app(ingress: Ingress) -> FastAPI:
 
     app = FastAPI(
         title="qa-ensemble",
-        version="0.1.0",
+        version=__version__,
         summary="Extractive QA by voting over LoRA adapters x prompt variants x beams, served on Ray Serve.",
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.jobs = ingress.jobs  # for the job routes of app.routes.batch_jobs
+    app.state.jobs = ingress.jobs  # for the job routes of app.batch.job_routes
     app.state.ingress = ingress
     app.include_router(router)
-    app.include_router(batch_jobs.router)
+    app.include_router(job_routes.router)
     app.include_router(demo.router)
     app.mount("/static", demo.static_files(), name="static")
     install_http_layers(app, settings, api_key)

@@ -20,21 +20,21 @@ from typing import Any
 
 from ray import serve
 
-from app import batch_result
 from app.adapter_admin import adapter_out
 from app.admission import Admission
-from app.batch_input import ReceivedBatch
+from app.batch import result as batch_result
+from app.batch.input import ReceivedBatch
 from app.schemas import AdaptersResponse, AnswerRequest, ReadyResponse
 from app.service import BASE_MEMBER, QAService, UnknownMemberError
 from app.settings import ServiceSettings
-from deploy.adapter_sets import AdapterResidency, AdapterSetLease, adapter_set_names
+from deploy.adapter_sets import AdapterHolds, AdapterSetLease, adapter_set_names
 from deploy.reply import Reply, error_reply
 from engine import EngineConfig
 from engine.builder import default_ensemble
 from ensemble.batch import BatchOptions, BatchResult
 from ensemble.datasets import QAExample
 from ensemble.plan import Member
-from models.registry import AdapterRegistry
+from models.adapters.registry import AdapterRegistry
 
 
 class ReplicaService(QAService):
@@ -87,7 +87,7 @@ class QAModel:
         self.service = ReplicaService(ServiceSettings(**{**settings, "load_in_background": False}))
         self.service.load()  # in the constructor: Serve routes nothing here before the model is loaded
         engine = self.service.engine()
-        self.residency = AdapterResidency(
+        self.holds = AdapterHolds(
             load=engine.load_adapter, unload=engine.unload_adapter, available=self.service.catalog.names()
         )
         s = self.service.settings
@@ -96,7 +96,7 @@ class QAModel:
 
         async def load_adapter_set(set_id: str) -> AdapterSetLease:
             names = adapter_set_names(set_id, self.service.default_adapters())
-            return await asyncio.to_thread(AdapterSetLease, self.residency, set_id, names)
+            return await asyncio.to_thread(AdapterSetLease, self.holds, set_id, names)
 
         # Wired here, not as a decorated method, so the number of sets kept is an application argument.
         self._adapter_set = serve.multiplexed(max_num_models_per_replica=max_adapter_sets)(load_adapter_set)
@@ -106,11 +106,11 @@ class QAModel:
         """The request's adapter set loaded (Serve's multiplexer) and held until the request ends."""
         lease = await self._adapter_set(serve.get_multiplexed_model_id())
         # Usually no load at all; it keeps the adapters even if the set is evicted while this request runs.
-        held = await asyncio.to_thread(self.residency.hold, lease.names)
+        held = await asyncio.to_thread(self.holds.hold, lease.names)
         try:
             yield
         finally:
-            await asyncio.to_thread(self.residency.release, held)
+            await asyncio.to_thread(self.holds.release, held)
 
     async def answer(self, request: AnswerRequest) -> Reply:
         """`POST /answer`: the same checks in the same order as `app.routes.answer`, then the pipeline."""
@@ -162,7 +162,7 @@ class QAModel:
             model=service.settings.model,
             device=service.device,
             adapters=service.catalog.names(),
-            detail=f"replica {self.replica_id}; adapters loaded here: {self.residency.loaded() or 'none'}",
+            detail=f"replica {self.replica_id}; adapters loaded here: {self.holds.loaded() or 'none'}",
         )
 
     async def adapters(self) -> AdaptersResponse:

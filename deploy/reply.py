@@ -15,7 +15,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 from starlette.requests import Request
 
-from app.batch_input import PreparedBatch
+from app.batch.input import PreparedBatch
 from app.errors import error_response
 
 REPLICA_HEADER = "X-Replica"

@@ -16,21 +16,22 @@ import functools
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ensemble.pipeline import EnsemblePipeline, PipelineConfig
 from ensemble.plan import Decoding, Member, build_plan
 from ensemble.prompts import DEFAULT_PROMPTS, PROMPT_STYLES, get_prompt_style
 from ensemble.vote import VoteConfig
 from ensemble.vote_file import VOTE_FILE, read_vote_file, vote_config_to_dict
-from models.decode_loop import WarmUp
+from models.adapters.registry import AdapterRegistry, AdapterSpec, check_adapter_folder, find_adapter_folder
+from models.base.loading import LoadConfig, load_base
+from models.base.sources import DEFAULT_MODEL, ResolvedModel, default_cache_dir, resolve_model
+from models.decode.generator import Generator
+from models.decode.loop import WarmUp
 from models.errors import AdapterNotFoundError
-from models.generator import Generator
-from models.loading import LoadConfig, load_base
-from models.registry import AdapterRegistry, AdapterSpec, check_adapter_folder, find_adapter_folder
-from models.sources import DEFAULT_MODEL, ResolvedModel, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class EngineConfig:
 
     model: str = DEFAULT_MODEL
     """A model key, 'tiny-random', a local folder or a hub id."""
-    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "qa-ensemble")
+    cache_dir: Path = field(default_factory=default_cache_dir)
     """Where fetched models are converted and cached."""
     adapters_dir: Path | None = None
     """Folder of adapters; None serves the base model alone."""
@@ -55,12 +56,13 @@ class EngineConfig:
     default_decoding: Decoding = field(default_factory=Decoding)
     """Decoding used when a request gives none."""
     lora_backend: Literal["stacked", "peft"] = "stacked"
-    """How one batch mixes adapters (see `models.multi_lora`); peft's mixed batch is the reference."""
+    """How one batch mixes adapters (see `models.adapters.multi_lora`); peft's mixed batch is the
+    reference."""
     compile: bool = False
     """torch.compile (inductor) the decode step: the loop's step (its CUDA graph replays the fused kernels),
     or with decoder="hf" generate's forward over a static KV cache. Needs the stacked backend."""
-    decoder: Literal["auto", "hf", "loop"] = "hf"
-    """Greedy and beams through `generate` ("hf") or `models.decode_loop` ("loop": stacked backend only);
+    decoder: Literal["auto", "hf", "loop"] = "auto"
+    """Greedy and beams through `generate` ("hf") or `models.decode.loop` ("loop": stacked backend only);
     "auto": the loop with the stacked backend, else `generate` (`Generator` decides)."""
     max_resident_adapters: int | None = None
     """Most adapters on the model at once (least recently used out first); None = all of them."""
@@ -75,11 +77,11 @@ class EngineConfig:
     decode_cache_mb: int | None = None
     """MiB the decode loop keeps for its shapes; None: a fifth of the GPU's memory (>= 4 GiB), else 4 GiB."""
     lora_kernel: bool = True
-    """A decode step's stacked LoRA as one Triton kernel a projection group (`models.lora_kernel`)."""
+    """A decode step's stacked LoRA as one Triton kernel a projection group (`models.kernels.lora_kernel`)."""
     attention_kernel: bool = True
     """A decode step's rotary, cache write and attention as two Triton kernels a layer
-    (`models.attention_kernel`)."""
-    warmup: bool | Literal["auto"] = False
+    (`models.kernels.attention_kernel`)."""
+    warmup: bool | Literal["auto"] = "auto"
     """Make the decode loop's shapes for the default plan and a single greedy row before `build_engine`
     returns (`Engine.warm_up`); "auto": only on CUDA, where each is a CUDA graph to capture. Needs
     decoder="loop" (with "hf" there is nothing to warm)."""
@@ -243,15 +245,9 @@ def adapters_vote_config(adapters_dir: Path | None) -> VoteConfig | None:
     return vote_file.vote
 
 
-def build_engine(config: EngineConfig) -> Engine:
-    started = time.perf_counter()
-    # Read first: a bad vote.json stops the start before minutes of model loading.
-    vote_config = config.vote or adapters_vote_config(config.adapters_dir) or VoteConfig()
-    resolved = resolve_model(config.model, config.cache_dir)
-    model, tokenizer = load_base(
-        resolved.path, LoadConfig(device=config.device, quantization=config.quantization, dtype=config.dtype)
-    )
-    generator = Generator(
+def _generator(model: Any, tokenizer: Any, config: EngineConfig) -> Generator:
+    """The generator over a loaded model, with `config`'s decoding options (every caller's, the same way)."""
+    return Generator(
         model,
         tokenizer,
         max_input_tokens=config.max_input_tokens,
@@ -264,6 +260,43 @@ def build_engine(config: EngineConfig) -> Engine:
         lora_kernel=config.lora_kernel,
         attention_kernel=config.attention_kernel,
     )
+
+
+def _pipeline(
+    generator: Generator, config: EngineConfig, vote: VoteConfig, members: Callable[[], list[Member]]
+) -> EnsemblePipeline:
+    return EnsemblePipeline(
+        generator,
+        PipelineConfig(
+            default_prompts=config.default_prompts, default_decoding=config.default_decoding, vote=vote
+        ),
+        default_members=members,
+    )
+
+
+def pipeline_on_model(
+    model: Any, tokenizer: Any, adapters: Sequence[str], config: EngineConfig
+) -> EnsemblePipeline:
+    """The pipeline an `Engine` has, over a model already in memory whose LoRA adapters are on it already
+    (`adapters`, attached in place: nothing is loaded, their weights may change between calls). Training's
+    validation answers with the adapter being trained this way, through the server's own path; the default
+    members are those adapters, the vote `config.vote` or `VoteConfig()`."""
+    generator = _generator(model, tokenizer, config)
+    for name in adapters:
+        generator.attach_adapter(name)
+    members = [Member(adapter=name) for name in adapters]
+    return _pipeline(generator, config, config.vote or VoteConfig(), lambda: list(members))
+
+
+def build_engine(config: EngineConfig) -> Engine:
+    started = time.perf_counter()
+    # Read first: a bad vote.json stops the start before minutes of model loading.
+    vote_config = config.vote or adapters_vote_config(config.adapters_dir) or VoteConfig()
+    resolved = resolve_model(config.model, config.cache_dir)
+    model, tokenizer = load_base(
+        resolved.path, LoadConfig(device=config.device, quantization=config.quantization, dtype=config.dtype)
+    )
+    generator = _generator(model, tokenizer, config)
     registry = None
     if config.adapters_dir is not None and not config.preload_adapters:
         registry = AdapterRegistry()  # filled by load_adapter as adapters are asked for
@@ -278,15 +311,8 @@ def build_engine(config: EngineConfig) -> Engine:
         # Pinned first, so with a capacity the pinned ones are resident when serving starts.
         for name in sorted(registry.names(), key=lambda n: n not in config.pinned_adapters):
             generator.load_adapter(registry.get(name))
-    pipeline_config = PipelineConfig(
-        default_prompts=config.default_prompts,
-        default_decoding=config.default_decoding,
-        vote=vote_config,
-    )
-    pipeline = EnsemblePipeline(
-        generator,
-        pipeline_config,
-        default_members=functools.partial(served_members, generator, registry, config),
+    pipeline = _pipeline(
+        generator, config, vote_config, functools.partial(served_members, generator, registry, config)
     )
     engine = Engine(config, resolved, generator, registry, pipeline)
     if config.warmup is True or (config.warmup == "auto" and generator.device.startswith("cuda")):

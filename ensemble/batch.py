@@ -12,7 +12,7 @@ progress and cancel through callbacks.
 Chunks are cut by `ensemble.chunks` across the whole batch, not in arrival order: sorted by length, each chunk
 within its `ChunkLimits` (by device: questions on a GPU; padded tokens and a padding margin on a CPU). With
 strategies, a chunk's greedy pass runs right after its main pass over the very same prompts, so a decoder
-that keeps its last prefill (`models.decode_loop`) decodes the greedy answers on it instead of prefilling
+that keeps its last prefill (`models.decode.loop`) decodes the greedy answers on it instead of prefilling
 again; `BatchResult.passes` says which strategies came from which pass.
 
 A caller that spreads one batch over several workers (`deploy`'s Ray Serve replicas) splits it with
@@ -188,7 +188,7 @@ def run_batch(
         seconds["main"] += time.perf_counter() - t0
         if greedy_pass:
             # right after the main pass, over the same prompts: a decoder that keeps its last prefill
-            # decodes these on it (`models.decode_loop`), so this pass costs its steps, not a prefill
+            # decodes these on it (`models.decode.loop`), so this pass costs its steps, not a prefill
             t0 = time.perf_counter()
             extra.update(
                 zip(

@@ -1,8 +1,8 @@
 """Plan -> generate -> clean and ground -> vote, for one request or a batch of them.
 
 The pipeline talks to the model only through ``CandidateGenerator``, a Protocol of built-in types that
-``models.generator.Generator`` implements; it never imports the model code, loads adapters or applies chat
-templates. All plan items of all requests that share a decoding go to the generator as ONE mixed-adapter
+``models.decode.generator.Generator`` implements; it never imports the model code, loads adapters or applies
+chat templates. All plan items of all requests that share a decoding go to the generator as ONE mixed-adapter
 batch, so a request batch normally costs one ``generate`` call however many members and prompts it has.
 """
 

@@ -42,10 +42,9 @@ from ensemble.metric import ScoringError, score_predictions
 from ensemble.plan import DEVICE_DEFAULTS, Decoding, PlanDefaults, plan_defaults
 from ensemble.prompts import PROMPT_STYLES
 from evaluation.selection import load_split, read_ids, select
-from models.sources import DEFAULT_MODEL
+from models.base.sources import DEFAULT_MODEL, default_cache_dir
 
 SELECTION_HELP = __doc__[__doc__.index("`--split`") : __doc__.index("This module")]
-DEFAULT_CACHE_DIR = Path.home() / ".cache" / "qa-ensemble"
 # The service's default budget (app/settings.py); prompts and beams default by device as the service's do
 # (ensemble.plan.DEVICE_DEFAULTS), so a report describes what users get unless flags say otherwise.
 DEFAULT_MAX_NEW_TOKENS = 24
@@ -100,7 +99,7 @@ def _run(args: argparse.Namespace) -> int:
     selection = select(args.data, args.split, args.limit, args.sample_seed, ids)
     if not selection.examples:
         raise DataFormatError(f"no questions in {args.data} (split {args.split})")
-    from models.loading import LoadConfig
+    from models.base.loading import LoadConfig
 
     strategy = None if args.num_beams is None else "beam" if args.num_beams > 1 else "greedy"
     plan = plan_defaults(LoadConfig(device=args.device).resolved_device()).overridden(
@@ -292,7 +291,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--adapters-dir", type=Path, metavar="DIR", help="folder of adapters (default: none, the base alone)"
     )
     run.add_argument(
-        "--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help=f"default: {DEFAULT_CACHE_DIR}"
+        "--cache-dir",
+        type=Path,
+        default=default_cache_dir(),
+        help="default: $QA_CACHE_DIR or ~/.cache/qa-ensemble",
     )
     run.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     run.add_argument(

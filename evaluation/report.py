@@ -51,7 +51,7 @@ class RunFacts:
     dtype: str
     quantization: str
     decoder: str
-    """How greedy and beam candidates were decoded: "loop" (`models.decode_loop`) or "hf" (`generate`)."""
+    """How greedy and beam candidates were decoded: "loop" (`models.decode.loop`) or "hf" (`generate`)."""
     max_input_tokens: int
     members: Sequence[tuple[str, float]]
     """(name, vote weight) per ensemble member; ("base", 1.0) for the base model alone."""

@@ -29,7 +29,7 @@ LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Qwen2ForCausalLM + byte-level BPE tokenizer with a ChatML template, stamped."""
-    from models.tiny import build_tiny_model
+    from models.base.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model") / "tiny-random")
 
@@ -44,8 +44,8 @@ def tiny_adapters_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from models.folders import read_base_info
-    from models.registry import AdapterManifest, write_manifest
+    from models.adapters.registry import AdapterManifest, write_manifest
+    from models.base.folders import read_base_info
 
     base = read_base_info(tiny_model_dir)
     assert base is not None

@@ -1,7 +1,7 @@
 """Loading the base model for training, and giving each member a fresh LoRA adapter on it.
 
 Two backends, one interface (`TrainingBase`):
-- `peft`: `models.loading.load_base` (4-bit NF4 through the project's one `bnb_config` when quantized,
+- `peft`: `models.base.loading.load_base` (4-bit NF4 through the project's one `bnb_config` when quantized,
   then `prepare_model_for_kbit_training`) + `peft.get_peft_model`. The base is loaded ONCE per run; each
   member adds a freshly seeded adapter under its own name and deletes it after saving. The frozen base
   weights are never modified, so members cannot leak into each other, and the load (20-60 s for a
@@ -26,7 +26,7 @@ import os
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
-from models.sources import ResolvedModel
+from models.base.sources import ResolvedModel
 from training.config import ConfigError, MemberConfig, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ class PeftBase(TrainingBase):
         self, resolved: ResolvedModel, config: TrainConfig, device: str, *, longest_input: int = 0
     ) -> None:
         super().__init__(resolved, config, device, longest_input=longest_input)
-        from models.loading import LoadConfig, load_base
+        from models.base.loading import LoadConfig, load_base
 
         dtype = "bfloat16" if self.bf16 else "float32"
         load = LoadConfig(
@@ -214,7 +214,7 @@ class UnslothBase(TrainingBase):
         self, resolved: ResolvedModel, config: TrainConfig, device: str, *, longest_input: int = 0
     ) -> None:
         super().__init__(resolved, config, device, longest_input=longest_input)
-        from models.loading import load_tokenizer
+        from models.base.loading import load_tokenizer
 
         # The serving tokenizer, not unsloth's copy: prompts are tokenized exactly as the server does.
         self.tokenizer = load_tokenizer(resolved.path)
@@ -235,7 +235,7 @@ class UnslothBase(TrainingBase):
     def attach(self, member: MemberConfig) -> tuple[Any, str]:
         from unsloth import FastLanguageModel
 
-        from models.loading import plain_generation_config
+        from models.base.loading import plain_generation_config
 
         model, _ = FastLanguageModel.from_pretrained(
             model_name=str(self.resolved.path),

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from ensemble.errors import UnknownPromptError
 from ensemble.prompts import get_prompt_style
-from models.registry import ADAPTER_NAME, RESERVED_NAMES
+from models.adapters.registry import ADAPTER_NAME, RESERVED_NAMES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = "../shared/data/korquad/KorQuAD_v1.0_dev.json"

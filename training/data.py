@@ -21,7 +21,7 @@ from typing import Any
 
 from ensemble.datasets import QAExample, korquad_split, load_examples
 from ensemble.prompts import render_prompt, render_target
-from models.teacher_forcing import end_of_answer_id
+from models.decode.teacher_forcing import end_of_answer_id
 from training.config import ConfigError, TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -166,9 +166,9 @@ class PromptEncoder:
     """Token ids of prompts and targets, produced exactly as the server produces a prompt's ids.
 
     Chat tokenizers: the chat template with `add_generation_prompt=True`, tokenized without extra special
-    tokens (as `models.generator.Generator` does); the target ends with the token the template puts after an
-    assistant turn (`<|im_end|>` for ChatML). Plain tokenizers: the plain prompt with the tokenizer's own
-    special tokens, and a target ending in EOS.
+    tokens (as `models.decode.generator.Generator` does); the target ends with the token the template puts
+    after an assistant turn (`<|im_end|>` for ChatML). Plain tokenizers: the plain prompt with the tokenizer's
+    own special tokens, and a target ending in EOS.
     """
 
     def __init__(self, tokenizer) -> None:

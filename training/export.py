@@ -3,7 +3,7 @@
 The LoRA weights are saved in `train.save_dtype` (bf16 by default: half of fp32, and the server computes in
 bf16 on CUDA anyway); peft casts them back to the adapter's dtype when it loads them. The folder is written
 under a hidden temporary name and renamed into place, then checked with the same validation the server runs
-(`models.registry.check_adapter_folder`), so a bad adapter fails here and not at serving time.
+(`models.adapters.registry.check_adapter_folder`), so a bad adapter fails here and not at serving time.
 """
 
 from __future__ import annotations
@@ -15,14 +15,14 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from models.registry import (
+from models.adapters.registry import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
     AdapterManifest,
     check_adapter_folder,
     write_manifest,
 )
-from models.sources import ResolvedModel
+from models.base.sources import ResolvedModel
 
 REQUIRED_TRAINING_KEYS = (
     "recipe",

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from models.loading import load_tokenizer
-from models.registry import AdapterManifest
-from models.sources import ResolvedModel, resolve_model
+from models.adapters.registry import AdapterManifest
+from models.base.loading import load_tokenizer
+from models.base.sources import ResolvedModel, resolve_model
 from training.backends import load_training_base, software_versions
 from training.config import MemberConfig, RunConfig, TrainConfig
 from training.data import LengthReport, PromptEncoder, TrainingData, encode_examples, load_training_data

@@ -1,9 +1,10 @@
 """Validation during training: answer held-out questions with the adapter being trained, score EM/F1.
 
-The answers are produced the way the server produces them: `models.generator.Generator` renders and encodes
-the prompt and decodes greedily (left-padded batches, stop at the end of the first line), and
-`ensemble.pipeline.EnsemblePipeline` cleans each output and snaps it to its context span, here with a
-one-member ensemble (this adapter, its prompt style, greedy). Scores are the project's metric
+The answers are produced the way the server produces them: the pipeline an `Engine` has
+(`engine.builder.pipeline_on_model`, over the model being trained with its adapter attached in place) renders
+and encodes the prompt, decodes greedily (left-padded batches, stop at the end of the first line), cleans each
+output and snaps it to its context span, here with a one-member ensemble (this adapter, its prompt style,
+greedy). Scores are the project's metric
 (`ensemble.metric`, KorQuAD F1). The adapter is used in place, on the model being trained: nothing is
 saved or reloaded, and this module does not decide which checkpoint wins (see `trainer`).
 """
@@ -16,7 +17,7 @@ from typing import Any
 
 from ensemble.datasets import QAExample
 from ensemble.metric import score_predictions
-from ensemble.pipeline import EnsemblePipeline, PipelineConfig, QARequest
+from ensemble.pipeline import QARequest
 from ensemble.plan import Decoding, Member
 
 
@@ -42,15 +43,16 @@ class Validator:
         batch_size: int,
         max_new_tokens: int,
     ) -> None:
-        from models.generator import Generator
+        from engine import EngineConfig, pipeline_on_model
 
         if not examples:
             raise ValueError("no validation questions")
-        generator = Generator(model, tokenizer)
-        generator.attach_adapter(adapter)
         decoding = Decoding(strategy="greedy", num_beams=1, max_new_tokens=max_new_tokens)
-        self._pipeline = EnsemblePipeline(
-            generator, PipelineConfig(default_prompts=(prompt_style,), default_decoding=decoding)
+        self._pipeline = pipeline_on_model(
+            model,
+            tokenizer,
+            [adapter],
+            EngineConfig(default_prompts=(prompt_style,), default_decoding=decoding),
         )
         self._member = (Member(adapter=adapter),)
         # Longest first: similar lengths share a batch (less padding), and memory peaks at the first batch.

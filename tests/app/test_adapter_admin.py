@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from app.main import build_app
 from app.settings import ServiceSettings
-from models.registry import ADAPTER_WEIGHTS, read_manifest, write_manifest
+from models.adapters.registry import ADAPTER_WEIGHTS, read_manifest, write_manifest
 
 ASK = {"context": "회의는 3시에 열린다.", "question": "회의는 몇 시에?", "decoding": {"strategy": "greedy"}}
 

@@ -1,6 +1,6 @@
 """POST /batch on the real service (tiny random model, 3 random adapters): inline answers, jobs, bad input.
 
-Also the job queue (`app.jobs.JobManager`) alone, with fake work, for what is hard to time over HTTP: a
+Also the job queue (`app.batch.jobs.JobManager`) alone, with fake work, for what is hard to time over HTTP: a
 running job cancelled, a job that raises, eviction, shutdown.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.jobs import JobManager, TooManyJobsError, UnknownJobError
+from app.batch.jobs import JobManager, TooManyJobsError, UnknownJobError
 from app.main import build_app
 from app.schemas import BatchResponse
 from app.settings import ServiceSettings

@@ -48,6 +48,8 @@ def inject_oom(monkeypatch, client: TestClient, *, max_rows: int | None = None, 
     Injected into the model's forward, which both decoders call (`generate` and the decode loop); returns the
     row counts of the prompt forwards (prefills), in order."""
     generator = client.app.state.service.engine().generator
+    if generator._loop is not None:  # the same request again would decode on the kept prefill: prefill it
+        generator._loop.clear()
     real, sizes = generator.model.forward, []
 
     def forward(*args, **kwargs):
@@ -145,7 +147,7 @@ def test_a_row_that_fails_unexpectedly_leaks_nothing(app_client, monkeypatch):
 
     def generate(prompts, adapters, **kwargs):
         if any(POISON in str(p) for p in prompts):
-            raise RuntimeError("boom in /srv/secret/models/generator.py line 12")
+            raise RuntimeError("boom in /srv/secret/models/decode/generator.py line 12")
         return real(prompts, adapters, **kwargs)
 
     monkeypatch.setattr(generator, "generate", generate)

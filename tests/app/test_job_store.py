@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from app.job_store import JobStore
-from app.jobs import JobManager, JobNotReadyError, TooManyJobsError, UnknownJobError
+from app.batch.job_store import JobStore
+from app.batch.jobs import JobManager, JobNotReadyError, TooManyJobsError, UnknownJobError
 from app.main import build_app
 from app.schemas import BatchResponse, BatchRowOut, JobStatusResponse
 from app.settings import ServiceSettings
@@ -90,7 +90,7 @@ def test_writes_are_atomic_replacements(tmp_path: Path, monkeypatch):
     def crash(*_):
         raise OSError("disk full")
 
-    monkeypatch.setattr("app.job_store.os.fsync", crash)
+    monkeypatch.setattr("app.batch.job_store.os.fsync", crash)
     with pytest.raises(OSError, match="disk full"):
         store.save_result(job_id, BatchResponse(rows=[], scores=None, failed_rows=0, seconds={}))
     assert (tmp_path / f"{job_id}.result.json").read_bytes() == before  # the old file, whole

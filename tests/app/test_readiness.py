@@ -55,7 +55,7 @@ def test_adapters_for_another_base_fail_the_start(
 ):
     import shutil
 
-    from models.registry import read_manifest, write_manifest
+    from models.adapters.registry import read_manifest, write_manifest
 
     foreign = tmp_path / "adapters"
     shutil.copytree(tiny_adapters_dir / "alpha", foreign / "alpha")

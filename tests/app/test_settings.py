@@ -11,9 +11,9 @@ from pydantic import ValidationError
 from app.service import QAService
 from app.settings import EMBEDDED_ADAPTERS, ServiceSettings
 from engine.builder import default_ensemble
-from models.loading import LoadConfig
-from models.registry import read_manifest
-from models.sources import DEFAULT_MODEL, get_source
+from models.adapters.registry import read_manifest
+from models.base.loading import LoadConfig
+from models.base.sources import DEFAULT_MODEL, get_source
 
 SHIPPED_BUDGET_BYTES = 32_000_000
 """Every shipped adapter together (each device call carries the tracked tree)."""
@@ -131,7 +131,7 @@ def test_qa_decode_cache_mb_bounds_the_decode_loops_shapes(
     from fastapi.testclient import TestClient
 
     from app.main import build_app
-    from models.decode_loop import MIN_CACHE_BYTES
+    from models.decode.loop import MIN_CACHE_BYTES
 
     monkeypatch.setenv("QA_DECODE_CACHE_MB", "64")
     assert ServiceSettings().decode_cache_mb == 64

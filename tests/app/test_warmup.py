@@ -29,7 +29,10 @@ def test_warm_up_before_ready_then_requests_meet_warm_shapes(
     settings = tiny_settings.model_copy(
         update={"decoder": "loop", "warmup": True, "max_input_tokens": 1000, "load_in_background": True}
     )
-    with caplog.at_level(logging.INFO, logger="models.generator"), TestClient(build_app(settings)) as client:
+    with (
+        caplog.at_level(logging.INFO, logger="models.decode.generator"),
+        TestClient(build_app(settings)) as client,
+    ):
         assert client.get("/readyz").status_code == 503  # loaded, still warming up
         release.set()
         assert client.app.state.service.wait_ready(timeout=60)

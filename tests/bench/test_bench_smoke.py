@@ -250,8 +250,8 @@ def test_step_profile_splits_a_step_by_kind(tmp_path) -> None:
     assert step_profile.kind_of("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n") == "matmul (cuBLAS / CUTLASS)"
     cudnn_sdpa = "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16"  # names its arch too
     assert step_profile.kind_of(cudnn_sdpa) == "attention (SDPA)"
-    assert step_profile.kind_of("_attend_kernel") == "attention (models.attention_kernel)"
-    assert step_profile.kind_of("_shrink_kernel") == "stacked LoRA (models.lora_kernel)"
+    assert step_profile.kind_of("_attend_kernel") == "attention (models.kernels.attention_kernel)"
+    assert step_profile.kind_of("_shrink_kernel") == "stacked LoRA (models.kernels.lora_kernel)"
     softmax = "void at::native::cunn_SoftMaxForward<4, float>"
     assert step_profile.kind_of(softmax) == "log-softmax of the logits"
 

@@ -1,4 +1,4 @@
-"""Adapter sets without Ray: the canonical multiplexed model id, and reference-counted residency (an
+"""Adapter sets without Ray: the canonical multiplexed model id, and reference-counted holds of adapters (an
 adapter is unloaded only when no resident set and no request in flight holds it; a failed load holds nothing).
 """
 
@@ -12,7 +12,7 @@ import pytest
 from deploy.adapter_sets import (
     BASE_SET,
     DEFAULT_SET,
-    AdapterResidency,
+    AdapterHolds,
     AdapterSetLease,
     adapter_set_id,
     adapter_set_names,
@@ -47,13 +47,13 @@ class FakeEngine:
         self.log.append(f"-{name}")
 
 
-def residency(engine: FakeEngine) -> AdapterResidency:
-    return AdapterResidency(engine.load, engine.unload, available=["alpha", "beta", "gamma", "bad"])
+def holds(engine: FakeEngine) -> AdapterHolds:
+    return AdapterHolds(engine.load, engine.unload, available=["alpha", "beta", "gamma", "bad"])
 
 
 def test_an_adapter_stays_loaded_while_a_set_or_a_request_holds_it() -> None:
     engine = FakeEngine()
-    sets = residency(engine)
+    sets = holds(engine)
     ab = AdapterSetLease(sets, "alpha,beta", ["alpha", "beta"])
     bg = AdapterSetLease(sets, "beta,gamma", ["beta", "gamma"])
     assert engine.log == ["+alpha", "+beta", "+gamma"]  # beta loaded once
@@ -68,13 +68,13 @@ def test_an_adapter_stays_loaded_while_a_set_or_a_request_holds_it() -> None:
 
 def test_unknown_names_and_base_are_skipped_not_loaded() -> None:
     engine = FakeEngine()
-    lease = AdapterSetLease(residency(engine), "alpha,nope", ["alpha", "nope", "base"])
+    lease = AdapterSetLease(holds(engine), "alpha,nope", ["alpha", "nope", "base"])
     assert lease.names == ("alpha",) and engine.loaded == ["alpha"]
 
 
 def test_a_failed_load_holds_nothing() -> None:
     engine = FakeEngine(broken=frozenset({"bad"}))
-    sets = residency(engine)
+    sets = holds(engine)
     with pytest.raises(ValueError, match="corrupt"):
         AdapterSetLease(sets, "alpha,bad", ["alpha", "bad"])
     gc.collect()
@@ -83,7 +83,7 @@ def test_a_failed_load_holds_nothing() -> None:
 
 def test_release_happens_once_whether_serve_or_the_collector_calls_it() -> None:
     engine = FakeEngine()
-    sets = residency(engine)
+    sets = holds(engine)
     keep = AdapterSetLease(sets, "alpha", ["alpha"])
     lease = AdapterSetLease(sets, "alpha", ["alpha"])
     lease.__del__()  # Serve's eviction calls __del__ itself ...
@@ -96,7 +96,7 @@ def test_release_happens_once_whether_serve_or_the_collector_calls_it() -> None:
 
 def test_concurrent_holds_load_once() -> None:
     engine = FakeEngine()
-    sets = residency(engine)
+    sets = holds(engine)
     held: list[tuple[str, ...]] = []
     threads = [threading.Thread(target=lambda: held.append(sets.hold(["alpha", "beta"]))) for _ in range(16)]
     for t in threads:

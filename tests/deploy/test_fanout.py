@@ -11,8 +11,8 @@ import pytest
 
 pytest.importorskip("ray.serve")
 
-from app import batch_result  # noqa: E402 - after the skip
-from app.batch_input import PreparedBatch  # noqa: E402
+from app.batch import result as batch_result  # noqa: E402 - after the skip
+from app.batch.input import PreparedBatch  # noqa: E402
 from deploy.fanout import FannedOutBatch  # noqa: E402
 from ensemble.batch import BatchCancelledError, BatchOptions, BatchResult, run_batch  # noqa: E402
 from ensemble.chunks import ChunkLimits  # noqa: E402

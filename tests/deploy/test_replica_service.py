@@ -15,7 +15,7 @@ pytest.importorskip("ray.serve")
 from app.schemas import AnswerRequest  # noqa: E402 - after the skip
 from app.service import QAService, UnknownMemberError  # noqa: E402
 from app.settings import ServiceSettings  # noqa: E402
-from deploy.adapter_sets import AdapterResidency, adapter_set_id, adapter_set_names  # noqa: E402
+from deploy.adapter_sets import AdapterHolds, adapter_set_id, adapter_set_names  # noqa: E402
 from deploy.replica import ReplicaService  # noqa: E402
 
 CONTEXT = "서울시는 27일 한강공원 12곳에 공공 자전거 대여소 120개를 새로 설치한다고 밝혔다."
@@ -44,13 +44,13 @@ def test_replica_service_loads_adapter_sets_on_demand_and_answers_alike(
 
     single = QAService(settings)
     single.load()
-    residency = AdapterResidency(engine.load_adapter, engine.unload_adapter, replica.catalog.names())
+    holds = AdapterHolds(engine.load_adapter, engine.unload_adapter, replica.catalog.names())
     for adapters in (None, ["gamma", "base"], ["base"]):
-        held = residency.hold(adapter_set_names(adapter_set_id(adapters), replica.catalog.names()))
+        held = holds.hold(adapter_set_names(adapter_set_id(adapters), replica.catalog.names()))
         request = AnswerRequest(
             context=CONTEXT, question="대여소는 몇 개인가?", adapters=adapters, explain=True
         )
         got, want = replica.answer(request), single.answer(request)
         assert comparable(got.model_dump()) == comparable(want.model_dump()), adapters
-        residency.release(held)
+        holds.release(held)
         assert engine.adapter_names == []

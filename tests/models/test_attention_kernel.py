@@ -1,6 +1,6 @@
-"""The decode step's attention kernel (`models/attention_kernel.py`): its arithmetic against transformers'
-rotary and SDPA, and the decode loop's candidates with it, run by Triton's interpreter on the CPU (in a
-subprocess: the interpreter is chosen when the kernel is defined); and when it serves a call."""
+"""The decode step's attention kernel (`models/kernels/attention_kernel.py`): its arithmetic against
+transformers' rotary and SDPA, and the decode loop's candidates with it, run by Triton's interpreter on the
+CPU (in a subprocess: the interpreter is chosen when the kernel is defined); and when it serves a call."""
 
 import os
 import subprocess
@@ -10,14 +10,14 @@ import textwrap
 import pytest
 import torch
 
-from models import attention_kernel
+from models.kernels import attention_kernel
 
 CHECK = textwrap.dedent(
     """
     import torch
     import torch.nn.functional as F
     from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
-    from models import attention_kernel
+    from models.kernels import attention_kernel
 
     torch.manual_seed(0)
     # rows, heads, kv heads, dim, slots, cursor, slots a split, dtype
@@ -98,11 +98,11 @@ LOOP = textwrap.dedent(
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from models import attention_kernel
-    from models.folders import read_base_info
-    from models.generator import Generator
-    from models.loading import LoadConfig, load_base
-    from models.registry import AdapterRegistry
+    from models.kernels import attention_kernel
+    from models.base.folders import read_base_info
+    from models.decode.generator import Generator
+    from models.base.loading import LoadConfig, load_base
+    from models.adapters.registry import AdapterRegistry
 
     model_dir, adapters_dir = map(Path, sys.argv[1:3])
     launches = []

@@ -6,10 +6,10 @@ path through TorchDynamo on the CPU: the stacked LoRA layers, a mixed-adapter ba
 
 import pytest
 
-from models.folders import read_base_info
-from models.generator import Generator
-from models.loading import LoadConfig, load_base
-from models.registry import AdapterRegistry
+from models.adapters.registry import AdapterRegistry
+from models.base.folders import read_base_info
+from models.base.loading import LoadConfig, load_base
+from models.decode.generator import Generator
 
 GREEDY = dict(max_new_tokens=6)  # Generator.generate's defaults: greedy, one candidate
 BEAMS = dict(GREEDY, num_beams=3, num_return_sequences=2)
@@ -33,16 +33,16 @@ def _generator(model_dir, adapters_dir, **kw) -> Generator:
 def test_compiled_decoding_equals_eager(tiny_model_dir, tiny_adapters_dir, monkeypatch) -> None:
     from torch._dynamo.utils import counters
 
-    import models.decoding
+    import models.decode.hf_generate
 
     reorders = []
-    real_reorder = models.decoding.reorder_in_place
+    real_reorder = models.decode.hf_generate.reorder_in_place
 
     def counted(layer, index) -> None:
         reorders.append(1)
         real_reorder(layer, index)
 
-    monkeypatch.setattr(models.decoding, "reorder_in_place", counted)
+    monkeypatch.setattr(models.decode.hf_generate, "reorder_in_place", counted)
 
     eager = _generator(tiny_model_dir, tiny_adapters_dir)
     compiled = _generator(tiny_model_dir, tiny_adapters_dir, compile_backend="eager")

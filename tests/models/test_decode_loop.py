@@ -13,13 +13,13 @@ import types
 import pytest
 import torch
 
-from models.decode_loop import bucket
+from models.adapters.registry import AdapterRegistry
+from models.base.folders import read_base_info
+from models.base.loading import LoadConfig, load_base
+from models.decode.generator import Generator
+from models.decode.loop import bucket
+from models.decode.search import BeamSearch, Greedy, Stops
 from models.errors import UnknownAdapterError
-from models.folders import read_base_info
-from models.generator import Generator
-from models.loading import LoadConfig, load_base
-from models.registry import AdapterRegistry
-from models.search import BeamSearch, Greedy, Stops
 
 SHORT = [{"role": "system", "content": "답하라."}, {"role": "user", "content": "서울은 어디?"}]
 LONG = [
@@ -378,17 +378,17 @@ def test_prefill_padding_follows_the_graph_size_and_survives_a_failed_capture(
     would on CUDA), a prefill within `PREFILL_GRAPH_TOKENS` is padded to its shape and one above it runs as
     it is; a failed prefill capture turns prefill graphs off and the padded prefill runs eagerly, with the
     candidates `generate` gives."""
-    import models.decode_loop
+    import models.decode.loop
 
     hf = _generator(tiny_model_dir, tiny_adapters_dir)
     loop = _generator(tiny_model_dir, tiny_adapters_dir, decoder="loop")
-    monkeypatch.setattr(models.decode_loop.DecodeLoop, "_graphs_on", lambda self, device: True)
+    monkeypatch.setattr(models.decode.loop.DecodeLoop, "_graphs_on", lambda self, device: True)
     beams = dict(num_beams=3, num_return_sequences=2, max_new_tokens=6)
     want = hf.generate(PROMPTS, ADAPTERS, **beams)
-    monkeypatch.setattr(models.decode_loop, "PREFILL_GRAPH_TOKENS", 1)  # every prefill is "too large"
+    monkeypatch.setattr(models.decode.loop, "PREFILL_GRAPH_TOKENS", 1)  # every prefill is "too large"
     assert_same(loop.generate(PROMPTS, ADAPTERS, **beams), want)
     assert not loop._loop._prefills  # unpadded: no prefill shape made
-    monkeypatch.setattr(models.decode_loop, "PREFILL_GRAPH_TOKENS", 16384)
+    monkeypatch.setattr(models.decode.loop, "PREFILL_GRAPH_TOKENS", 16384)
     assert_same(loop.generate(PROMPTS, ADAPTERS, **beams), want)
     width = loop._encode(list(PROMPTS))[0].shape[1]
     assert list(loop._loop._prefills) == [(4, bucket(width, 64), True)]  # padded to the width's bucket

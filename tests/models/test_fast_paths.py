@@ -1,10 +1,11 @@
-"""The decode step's drop-in replacements (`models.fast_paths`) compute what transformers' modules compute."""
+"""The decode step's drop-in replacements (`models.decode.fast_paths`) compute what transformers' modules
+compute."""
 
 import pytest
 import torch
 from transformers import DynamicCache, Qwen2Config, Qwen2ForCausalLM
 
-from models.fast_paths import NAME, use_fast_paths, use_fused_rms_norm, use_grouped_attention
+from models.decode.fast_paths import NAME, use_fast_paths, use_fused_rms_norm, use_grouped_attention
 
 
 def _model(dtype: torch.dtype = torch.float32) -> Qwen2ForCausalLM:

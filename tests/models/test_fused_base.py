@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from models.fused_base import fuse
+from models.adapters.fused_base import fuse
 
 IN = 64
 OUTS = (64, 32, 32)  # q, k, v of a grouped-query attention: k and v smaller

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from models.adapters.registry import AdapterRegistry
+from models.base.loading import LoadConfig, load_base
+from models.decode.generator import BASE_ADAPTER, Generator
 from models.errors import PromptTooLongError, UnknownAdapterError
-from models.generator import BASE_ADAPTER, Generator
-from models.loading import LoadConfig, load_base
-from models.registry import AdapterRegistry
 
 GREEDY: dict = {}  # Generator.generate's defaults: greedy, one candidate
 BEAMS = dict(num_beams=3, num_return_sequences=2)
@@ -43,7 +43,7 @@ def peft_generator(tiny_model_dir, tiny_adapters_dir) -> Generator:
 
 
 def _fp(folder) -> str:
-    from models.folders import read_base_info
+    from models.base.folders import read_base_info
 
     return read_base_info(folder).fingerprint
 

@@ -4,10 +4,10 @@ helpers `load_base` now shares with training."""
 
 import pytest
 
+from models.adapters.registry import AdapterSpec, read_manifest
+from models.base.loading import LoadConfig, load_base, load_tokenizer, plain_generation_config
+from models.decode.generator import Generator
 from models.errors import UnknownAdapterError
-from models.generator import Generator
-from models.loading import LoadConfig, load_base, load_tokenizer, plain_generation_config
-from models.registry import AdapterSpec, read_manifest
 
 PROMPT = [
     {"role": "system", "content": "답하라."},

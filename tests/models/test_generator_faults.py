@@ -10,11 +10,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from models.adapters.registry import ADAPTER_WEIGHTS, AdapterRegistry, check_adapter_folder
+from models.base.folders import read_base_info
+from models.base.loading import LoadConfig, load_base
+from models.decode.generator import Generator
 from models.errors import AdapterError, GenerationOutOfMemoryError
-from models.folders import read_base_info
-from models.generator import Generator
-from models.loading import LoadConfig, load_base
-from models.registry import ADAPTER_WEIGHTS, AdapterRegistry, check_adapter_folder
 
 GREEDY = dict(max_new_tokens=4)  # Generator.generate's defaults: greedy, one candidate
 BEAMS = dict(GREEDY, num_beams=3, num_return_sequences=2)

@@ -4,10 +4,10 @@ the decode loop's CUDA graphs."""
 import pytest
 import torch
 
-from models.folders import read_base_info
-from models.generator import Generator
-from models.loading import LoadConfig, load_base
-from models.registry import AdapterRegistry
+from models.adapters.registry import AdapterRegistry
+from models.base.folders import read_base_info
+from models.base.loading import LoadConfig, load_base
+from models.decode.generator import Generator
 
 pytestmark = [
     pytest.mark.gpu,
@@ -142,7 +142,7 @@ def test_fused_4bit_siblings_equal_each_layer_on_cuda(nested):
     import copy
 
     bnb = pytest.importorskip("bitsandbytes")
-    from models.fused_base import fuse
+    from models.adapters.fused_base import fuse
 
     torch.manual_seed(0)
     layers = []
@@ -169,7 +169,7 @@ def test_lora_kernel_equals_the_matmuls_on_cuda():
     q/k/v (three members), gate/up (two), down (one, 4,864 inputs), a decode step's row counts."""
     import torch.nn.functional as F
 
-    from models import lora_kernel
+    from models.kernels import lora_kernel
 
     torch.manual_seed(0)
     rank = 48  # three r=16 adapters stacked
@@ -197,7 +197,7 @@ def test_lora_kernel_equals_the_matmuls_on_cuda():
 def test_candidates_with_and_without_the_lora_kernel_on_cuda(tiny_model_dir, tiny_adapters_dir, monkeypatch):
     """fp32 (the kernel multiplies in IEEE float32 there): the same candidates and scores as the matmuls, and
     the kernel really served the decode steps."""
-    from models import lora_kernel
+    from models.kernels import lora_kernel
 
     calls = []
     kernel = lora_kernel.add_lora_
@@ -222,7 +222,7 @@ def test_attention_kernel_equals_transformers_on_cuda():
     import torch.nn.functional as F
     from transformers.models.qwen2.modeling_qwen2 import apply_rotary_pos_emb
 
-    from models import attention_kernel
+    from models.kernels import attention_kernel
 
     torch.manual_seed(0)
     heads, kv_heads, dim, dt = 14, 2, 64, torch.bfloat16
@@ -267,7 +267,7 @@ def test_candidates_with_and_without_the_attention_kernel_on_cuda(
 ):
     """fp32, the loop replaying CUDA graphs: the same candidates and scores with transformers' attention, and
     the kernel really served the decode steps (it runs at capture: a replay does not call Python)."""
-    from models import attention_kernel
+    from models.kernels import attention_kernel
 
     calls = []
     launch = attention_kernel.launch

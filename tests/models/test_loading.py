@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from models.loading import LoadConfig, bnb_config, load_base
+from models.base.loading import LoadConfig, bnb_config, load_base
 
 
 def test_auto_resolves_to_cpu_fp32_without_quantization():

@@ -1,5 +1,6 @@
-"""The one-kernel stacked LoRA (`models/lora_kernel.py`): its arithmetic, run by Triton's interpreter on the
-CPU (in a subprocess: the interpreter is chosen when the kernel is defined), and when it serves a call."""
+"""The one-kernel stacked LoRA (`models/kernels/lora_kernel.py`): its arithmetic, run by Triton's interpreter
+on the CPU (in a subprocess: the interpreter is chosen when the kernel is defined), and when it serves a
+call."""
 
 import os
 import subprocess
@@ -9,12 +10,12 @@ import textwrap
 import pytest
 import torch
 
-from models import lora_kernel
+from models.kernels import lora_kernel
 
 CHECK = textwrap.dedent(
     """
     import torch
-    from models import lora_kernel
+    from models.kernels import lora_kernel
 
     torch.manual_seed(0)
     cases = [(1, (128, 64, 64), 24, 200), (5, (192, 64), 48, 64), (3, (64,), 16, 130)]

@@ -1,6 +1,6 @@
 """`qa-model` CLI: list and fetch, with the cache directory from the flag or $QA_CACHE_DIR."""
 
-import models.cli as cli
+import models.base.cli as cli
 
 
 def test_list_shows_all_keys_and_cache_state(tmp_path, capsys, monkeypatch):

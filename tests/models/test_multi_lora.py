@@ -6,13 +6,13 @@ import shutil
 import pytest
 import torch
 
-from models.adapter_config import read_lora_config
+from models.adapters.config import read_lora_config
+from models.adapters.multi_lora import read_lora
+from models.adapters.registry import AdapterRegistry
+from models.base.folders import read_base_info
+from models.base.loading import LoadConfig, load_base
+from models.decode.generator import Generator
 from models.errors import AdapterError
-from models.folders import read_base_info
-from models.generator import Generator
-from models.loading import LoadConfig, load_base
-from models.multi_lora import read_lora
-from models.registry import AdapterRegistry
 
 PROMPT = "문맥: 세종대왕은 1443년에 훈민정음을 창제하였다.\n질문: 누가?\n답:"
 GREEDY = dict(max_new_tokens=6)  # Generator.generate's defaults: greedy, one candidate

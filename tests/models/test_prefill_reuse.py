@@ -4,10 +4,10 @@ from the kept prefill: no second prefill, and the outputs a fresh prefill gives.
 import pytest
 import torch
 
-from models.folders import read_base_info
-from models.generator import Generator
-from models.loading import LoadConfig, load_base
-from models.registry import AdapterRegistry
+from models.adapters.registry import AdapterRegistry
+from models.base.folders import read_base_info
+from models.base.loading import LoadConfig, load_base
+from models.decode.generator import Generator
 
 SHORT = [{"role": "system", "content": "답하라."}, {"role": "user", "content": "서울은 어디?"}]
 LONG = [

@@ -5,9 +5,15 @@ import shutil
 
 import pytest
 
+from models.adapters.registry import (
+    MANIFEST_NAME,
+    AdapterManifest,
+    AdapterRegistry,
+    read_manifest,
+    write_manifest,
+)
+from models.base.folders import read_base_info
 from models.errors import AdapterBaseMismatchError, AdapterError, UnknownAdapterError
-from models.folders import read_base_info
-from models.registry import MANIFEST_NAME, AdapterManifest, AdapterRegistry, read_manifest, write_manifest
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ import shutil
 
 import pytest
 
+from models.adapters.registry import ADAPTER_WEIGHTS, AdapterRegistry, find_adapter_folder
 from models.errors import AdapterError, AdapterNotFoundError
-from models.registry import ADAPTER_WEIGHTS, AdapterRegistry, find_adapter_folder
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_a_link_inside_the_root_is_fine(root):
 
 
 def test_registry_add_and_remove(tiny_adapters_dir, tiny_model_dir):
-    from models.folders import read_base_info
+    from models.base.folders import read_base_info
 
     info = read_base_info(tiny_model_dir)
     full = AdapterRegistry.from_dir(tiny_adapters_dir, base_key=info.key, base_fingerprint=info.fingerprint)

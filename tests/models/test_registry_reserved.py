@@ -2,8 +2,8 @@
 
 import pytest
 
+from models.adapters.registry import AdapterManifest
 from models.errors import AdapterError
-from models.registry import AdapterManifest
 
 
 @pytest.mark.parametrize("name", ["base", "BASE", "Base"])

@@ -7,11 +7,17 @@ import zipfile
 
 import pytest
 
-import models.sources as sources
+import models.base.sources as sources
+from models.base.folders import BASE_INFO_NAME, read_base_info
+from models.base.sources import (
+    MODEL_SOURCES,
+    WheelModelSource,
+    fetch_model,
+    folder_fingerprint,
+    resolve_model,
+)
+from models.base.tiny import TINY_KEY, tiny_fingerprint
 from models.errors import ModelSourceError
-from models.folders import BASE_INFO_NAME, read_base_info
-from models.sources import MODEL_SOURCES, WheelModelSource, fetch_model, folder_fingerprint, resolve_model
-from models.tiny import TINY_KEY, tiny_fingerprint
 
 CHUNKS = (b"GGUF" + bytes(range(256)) * 3, b"\x00middle\xff" * 50, b"tail")
 PAYLOAD = b"".join(CHUNKS)

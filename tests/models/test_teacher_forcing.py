@@ -6,8 +6,8 @@ from contextlib import nullcontext
 import pytest
 import torch
 
-from models.generator import BASE_ADAPTER, Generator
-from models.teacher_forcing import end_of_answer_id, packed_logprobs
+from models.decode.generator import BASE_ADAPTER, Generator
+from models.decode.teacher_forcing import end_of_answer_id, packed_logprobs
 from tests.models.test_generator import LONG, SHORT
 from tests.models.test_generator import _loaded as loaded
 
@@ -69,7 +69,7 @@ def test_score_mixed_adapters_equal_one_adapter_at_a_time(generator):
 
 def test_score_small_chunks_equal_one_batch(generator, monkeypatch):
     whole = generator.score([LONG, SHORT, LONG], ["alpha", "beta", None], [TEXTS, TEXTS[:2], []])
-    monkeypatch.setattr("models.generator.SCORE_TOKENS", 1)  # every row its own forward
+    monkeypatch.setattr("models.decode.generator.SCORE_TOKENS", 1)  # every row its own forward
     parts = generator.score([LONG, SHORT, LONG], ["alpha", "beta", None], [TEXTS, TEXTS[:2], []])
     assert whole[2] == [] and parts[2] == []
     for a, b in zip(whole, parts, strict=True):
@@ -132,7 +132,8 @@ def test_scores_on_the_kept_prefill_equal_scores_prefilled_again(
     generator.generate(prompts, adapters, max_new_tokens=3, num_beams=2, num_return_sequences=2)
     prefilled = []
     monkeypatch.setattr(
-        "models.generator.packed_logprobs", lambda *a, **k: prefilled.append(a) or packed_logprobs(*a, **k)
+        "models.decode.generator.packed_logprobs",
+        lambda *a, **k: prefilled.append(a) or packed_logprobs(*a, **k),
     )
     reused = generator.score(prompts[::-1], adapters[::-1], conts[::-1])[::-1]
     assert prefilled == []  # every row came from the kept prefill
@@ -148,7 +149,7 @@ def test_scores_on_the_kept_prefill_equal_scores_prefilled_again(
 
 
 def test_packed_tails_lay_out_each_continuation_in_its_own_causal_block() -> None:
-    from models.teacher_forcing import pack_tails
+    from models.decode.teacher_forcing import pack_tails
 
     tails = pack_tails([[[5, 6], [7]], [[8, 9, 10]], []], pad_id=0)
     assert tails.ids.tolist() == [[5, 6, 7], [8, 9, 10], [0, 0, 0]]

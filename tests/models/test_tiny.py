@@ -2,9 +2,9 @@
 
 import pytest
 
+from models.base.folders import read_base_info
+from models.base.tiny import TINY_KEY, build_tiny_model, build_tiny_tokenizer, tiny_fingerprint
 from models.errors import ModelSourceError
-from models.folders import read_base_info
-from models.tiny import TINY_KEY, build_tiny_model, build_tiny_tokenizer, tiny_fingerprint
 
 
 def test_folder_is_complete_and_stamped(tiny_model_dir):

@@ -83,7 +83,7 @@ def make_recipe(tiny_model_dir: Path):
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tiny_model_dir: Path):
-    from models.loading import load_tokenizer
+    from models.base.loading import load_tokenizer
 
     return load_tokenizer(tiny_model_dir)
 

@@ -49,8 +49,8 @@ def test_labels_are_ignored_exactly_on_the_prompt_tokens(examples, encoder, tiny
 
 def test_the_prompt_ids_are_the_ones_the_server_feeds(examples, encoder, tiny_model_dir):
     from ensemble.prompts import render_prompt
-    from models.generator import Generator
-    from models.loading import LoadConfig, load_base
+    from models.base.loading import LoadConfig, load_base
+    from models.decode.generator import Generator
 
     model, tokenizer = load_base(tiny_model_dir, LoadConfig(device="cpu", quantization="none"))
     generator = Generator(model, tokenizer, stop_at_newline=False)

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 
 from app.main import build_app
 from app.settings import ServiceSettings
+from models.adapters.registry import ADAPTER_WEIGHTS, AdapterRegistry, read_manifest
+from models.base.folders import read_base_info
+from models.base.tiny import build_tiny_model
 from models.errors import AdapterBaseMismatchError
-from models.folders import read_base_info
-from models.registry import ADAPTER_WEIGHTS, AdapterRegistry, read_manifest
-from models.tiny import build_tiny_model
 from training.data import file_sha256
 from training.export import REQUIRED_TRAINING_KEYS
 from training.runner import HOLDOUT_IDS, REPORT_DIR, TRAIN_LOG

@@ -40,7 +40,7 @@ def encoded(news_fixture, tiny_tokenizer):
 
 
 def _base(tiny_model_dir, config: TrainConfig) -> PeftBase:
-    from models.sources import resolve_model
+    from models.base.sources import resolve_model
 
     resolved = resolve_model(str(tiny_model_dir), tiny_model_dir.parent)
     return PeftBase(resolved, config, "cpu")

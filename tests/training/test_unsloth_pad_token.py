@@ -1,5 +1,5 @@
 """Unsloth's pad-token check passes on our base folders: the tiny model, and a Qwen GGUF conversion once
-`models.sources.align_special_tokens` has run (new conversions, and cached folders converted before it).
+`models.base.sources.align_special_tokens` has run (new conversions, and cached folders converted before it).
 
 Unsloth (2026.10.9) calls `unsloth_zoo.pad_token.fix_pad_token(tokenizer, model=model)` from
 `unsloth_zoo/tokenizer_utils.py:843` (`patch_tokenizer`, called at `unsloth/models/llama.py:4336`). It is a
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-import models.sources as sources
-from models.folders import BASE_INFO_NAME
-from models.loading import _eos_ids
-from models.sources import MODEL_SOURCES, WheelModelSource, align_special_tokens, fetch_model
+import models.base.sources as sources
+from models.base.folders import BASE_INFO_NAME
+from models.base.loading import _eos_ids
+from models.base.sources import MODEL_SOURCES, WheelModelSource, align_special_tokens, fetch_model
 
 SITE = Path(__file__).resolve().parents[2] / ".gpu-site" / "site.tar.xz"
 PAD_TOKEN_PY = "./unsloth_zoo/pad_token.py"

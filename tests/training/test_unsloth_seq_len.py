@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from models.loading import load_tokenizer
-from models.sources import resolve_model
+from models.base.loading import load_tokenizer
+from models.base.sources import resolve_model
 from training.backends import TrainingBase
 from training.config import TrainConfig
 from training.data import PromptEncoder, load_training_data

@@ -12,22 +12,22 @@ Two matmuls and a multiply per layer whatever the number of adapters (they add r
 shapes, no data-dependent Python: a base row has an all-zero mask. A small model's decode step costs about
 one kernel launch per operator (`bench/step_ops.py`), so the operators are few: the add is folded into the B
 matmul (`addmm`), and projections that read the same input (q/k/v of an attention, gate/up of an MLP) are
-computed together (`SiblingGroup`): one base matmul over their concatenated weights (`models.fused_base`),
-one A matmul, one mask multiply and a B matmul per member adding into its columns of the output. In a
-decode step on CUDA (one token a row, few rows) a group's whole LoRA is one Triton kernel (two for the long
-input of the MLP's down projection: `models.lora_kernel`). The seven projections of a layer are 4 base
-matmuls and 5 LoRA kernels there, 19 operators elsewhere, instead of 35.
+computed together (`SiblingGroup`): one base matmul over their concatenated weights
+(`models.adapters.fused_base`), one A matmul, one mask multiply and a B matmul per member adding into its
+columns of the output. In a decode step on CUDA (one token a row, few rows) a group's whole LoRA is one Triton
+kernel (two for the long input of the MLP's down projection: `models.kernels.lora_kernel`). The seven
+projections of a layer are 4 base matmuls and 5 LoRA kernels there, 19 operators elsewhere, instead of 35.
 
 The mask is set once per `generate` call for its rows (beams repeat their row's mask) and read by every layer
 through one shared `RowMask` holder. It lives in one persistent buffer per row count, and `version` changes
-whenever the stacks are rebuilt, so a CUDA graph that captured a forward (`models.decode_loop`) knows which
+whenever the stacks are rebuilt, so a CUDA graph that captured a forward (`models.decode.loop`) knows which
 tensor addresses it may still replay.
 
 `StackedLora` loads adapters saved by peft (`adapter_model.safetensors` + `adapter_config.json`, plain
-LoRA, as `models.adapter_config` validates it for both backends), wraps the target
+LoRA, as `models.adapters.config` validates it for both backends), wraps the target
 layers of the base model in place on first use and rebuilds the stacks when adapters come or go. It is for
 inference only (no dropout, no gradients); training uses peft. Checking the weights before they are used is
-`models.weights`' job; choosing adapters per row is the generator's.
+`models.adapters.weights`' job; choosing adapters per row is the generator's.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import lora_kernel
-from models.adapter_config import LoraConfig
+from models.adapters.config import LoraConfig
+from models.adapters.fused_base import FusedLinear, fuse
 from models.errors import AdapterError
-from models.fused_base import FusedLinear, fuse
+from models.kernels import lora_kernel
 
 _PEFT_PREFIX = "base_model.model."
 _A, _B = ".lora_A.weight", ".lora_B.weight"
@@ -61,8 +61,8 @@ class LoraWeights:
 
 def read_lora(folder: Path, name: str, config: LoraConfig) -> LoraWeights:
     """Read a peft LoRA folder's weights (safetensors only) for its validated `config`
-    (`models.adapter_config`); raises `AdapterError` for a matrix without its pair or a rank other than the
-    config's (which `models.weights` has refused already, for a folder that went through it)."""
+    (`models.adapters.config`); raises `AdapterError` for a matrix without its pair or a rank other than the
+    config's (which `models.adapters.weights` has refused already, for a folder that went through it)."""
     from safetensors.torch import load_file
 
     rank, scaling = config.rank, config.scaling
@@ -85,7 +85,7 @@ def read_lora(folder: Path, name: str, config: LoraConfig) -> LoraWeights:
 
 class RowMask:
     """The per-row mask over the stacked rank, shared by every wrapped layer of one model, and whether a
-    decode step's LoRA may run as one kernel a group (`models.lora_kernel`)."""
+    decode step's LoRA may run as one kernel a group (`models.kernels.lora_kernel`)."""
 
     def __init__(self, kernel: bool = True) -> None:
         self.mask: torch.Tensor | None = None
@@ -93,8 +93,8 @@ class RowMask:
 
 
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
-"""Projections of one parent module that read the same input tensor: one base matmul (`models.fused_base`),
-one A matmul and one mask multiply for all of them."""
+"""Projections of one parent module that read the same input tensor: one base matmul
+(`models.adapters.fused_base`), one A matmul and one mask multiply for all of them."""
 
 
 class SiblingGroup:

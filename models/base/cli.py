@@ -8,19 +8,14 @@ app's settings use). This is the only module of `models/` that reads an environm
 """
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from models.base.folders import read_base_info
+from models.base.sources import DEFAULT_MODEL, MODEL_SOURCES, default_cache_dir, fetch_model
 from models.errors import ModelSourceError
-from models.folders import read_base_info
-from models.sources import DEFAULT_MODEL, MODEL_SOURCES, fetch_model
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("QA_CACHE_DIR") or Path.home() / ".cache" / "qa-ensemble").expanduser()
 
 
 def _say(message: str) -> None:

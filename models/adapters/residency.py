@@ -1,8 +1,8 @@
 """Which adapters stay resident on the shared base: least recently used first out, pinned ones never.
 
-`AdapterResidency` is bookkeeping only (names, use order, pins, a capacity); `models.generator.Generator`
-asks it what to evict before it loads an adapter a batch needs, and does the loading and unloading itself
-under its lock. No capacity means every registered adapter stays resident.
+`AdapterResidency` is bookkeeping only (names, use order, pins, a capacity);
+`models.decode.generator.Generator` asks it what to evict before it loads an adapter a batch needs, and does
+the loading and unloading itself under its lock. No capacity means every registered adapter stays resident.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ own forward (4-bit layers, stacked LoRA, peft's mixed batch) runs unchanged.
 assistant turn: `<|im_end|>` for ChatML; EOS for plain prompts): the continuation's end is part of its
 evidence, since it is what tells "김대중" from "김대중 대통령". Training builds its targets with the same id.
 
-This module knows no adapters, prompts or voting: `models.generator.Generator.score` tokenizes, chooses rows'
-adapters and batches; `ensemble` combines the numbers.
+This module knows no adapters, prompts or voting: `models.decode.generator.Generator.score` tokenizes, chooses
+rows' adapters and batches; `ensemble` combines the numbers.
 """
 
 from __future__ import annotations

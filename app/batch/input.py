@@ -5,7 +5,7 @@ field), their count and lengths, and the members/prompts/decoding/vote (`QAServi
 /answer) and min_confidence (the request's, else the server's).
 A problem is one typed error (`BatchInputError`, or FastAPI's `RequestValidationError` for option fields), so
 a bad batch never starts. Reading the bytes off the wire is the route's job; running the batch is
-`app.batch_result`'s.
+`app.batch.result`'s.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The typed errors of batch jobs (`app.jobs`), mapped to HTTP statuses in `app.errors`."""
+"""The typed errors of batch jobs (`app.batch.jobs`), mapped to HTTP statuses in `app.errors`."""
 
 from __future__ import annotations
 

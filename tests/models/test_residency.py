@@ -2,11 +2,11 @@
 
 import pytest
 
-from models.cache import AdapterResidency
+from models.adapters.registry import AdapterRegistry
+from models.adapters.residency import AdapterResidency
+from models.base.loading import LoadConfig, load_base
+from models.decode.generator import Generator
 from models.errors import AdapterCapacityError
-from models.generator import Generator
-from models.loading import LoadConfig, load_base
-from models.registry import AdapterRegistry
 
 GREEDY = dict(max_new_tokens=5)  # Generator.generate's defaults: greedy, one candidate
 PROMPTS = ["문맥: 세종대왕은 1443년에 훈민정음을 창제하였다.\n질문: 누가?\n답:"] * 3
@@ -32,7 +32,7 @@ def test_least_recently_used_goes_first_and_pins_stay() -> None:
 
 
 def _generator(model_dir, adapters_dir, **kw) -> Generator:
-    from models.folders import read_base_info
+    from models.base.folders import read_base_info
 
     model, tokenizer = load_base(model_dir, LoadConfig(device="cpu", quantization="none"))
     gen = Generator(model, tokenizer, **kw)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import bounded_json
-from models.adapter_config import ADAPTER_CONFIG, LoraConfig, is_finite_number, read_lora_config
+from models.adapters.config import ADAPTER_CONFIG, LoraConfig, is_finite_number, read_lora_config
 from models.errors import AdapterBaseMismatchError, AdapterError, AdapterNotFoundError, UnknownAdapterError
 
 MANIFEST_NAME = "qa_adapter.json"
@@ -168,10 +168,10 @@ def check_adapter_folder(
     """Validate one adapter folder against the served base; raise `AdapterError` naming what is wrong.
 
     The one check of a folder, at start (`AdapterRegistry.from_dir`) and at run time alike: the weights file
-    is safetensors, the LoRA config is one serving runs (`models.adapter_config`), the manifest is valid, for
+    is safetensors, the LoRA config is one serving runs (`models.adapters.config`), the manifest is valid, for
     this base and (given `prompt_styles`, the registry of `ensemble.prompts`) names a known prompt style.
     The weights themselves are checked against the config and the model when they are loaded
-    (`models.weights`). Messages name the adapter, never a path.
+    (`models.adapters.weights`). Messages name the adapter, never a path.
     """
     name = folder.name
     _check_name(name, "adapter folder name")

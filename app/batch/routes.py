@@ -1,9 +1,9 @@
 """`POST /batch` (a test file or JSON rows -> one answer per row, scored on gold).
 
 Small batches answer inline (200); larger ones become a job (202 + Location) that the routes of
-`app.routes.batch_jobs` follow, download and cancel. HTTP only: reading a capped body and choosing JSON or
+`app.batch.job_routes` follow, download and cancel. HTTP only: reading a capped body and choosing JSON or
 multipart (`receive_batch`, which the Ray Serve ingress in `deploy` uses too); validation is
-`app.batch_input`'s, running `app.batch_result`'s, the job queue `app.jobs`'.
+`app.batch.input`'s, running `app.batch.result`'s, the job queue `app.batch.jobs`'.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ from fastapi.responses import JSONResponse
 from starlette.datastructures import FormData
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app import batch_input, batch_result
-from app.batch_input import BatchInputError, ReceivedBatch
+from app.batch import input as batch_input
+from app.batch import result as batch_result
+from app.batch.input import BatchInputError, ReceivedBatch
 from app.deps import AdmissionDep, JobsDep, ServiceDep
 from app.errors import documented
 from app.schemas import BatchJobResponse, BatchRequest, BatchResponse, JobStatusResponse

@@ -2,7 +2,7 @@
 `DELETE /batch/{id}` (cancel): the routes of batch jobs, over the `JobManager` in `app.state.jobs`.
 
 They need no model, so the Ray Serve ingress (`deploy`), which keeps the jobs of a whole cluster, serves them
-as they are. Submitting is `app.routes.batch`'s.
+as they are. Submitting is `app.batch.routes`'s.
 """
 
 from __future__ import annotations

@@ -2,18 +2,18 @@
 
 `Generator` implements the `CandidateGenerator` protocol of `ensemble/pipeline.py` (built-in types in and
 out). Every LoRA adapter stays resident on the one base model and each row names its adapter: with the
-default stacked backend (`models.multi_lora`) through a per-row mask over all resident adapters' stacked
-matrices, with `lora_backend="peft"` through peft's `adapter_names` (mixed-adapter batch); no request ever
-switches the shared model's active adapter. Prompts are
+default stacked backend (`models.adapters.multi_lora`) through a per-row mask over all resident adapters'
+stacked matrices, with `lora_backend="peft"` through peft's `adapter_names` (mixed-adapter batch); no request
+ever switches the shared model's active adapter. Prompts are
 left-padded, generation stops at EOS and, by default, at the end of the answer's first non-empty line (answers
 are one line; the rest would be thrown away by `ensemble.clean` anyway). A lock serialises generation and
 adapter changes, because the server calls from threads. This module does not choose prompts, decoding plans or
 answers: that is `ensemble/`. On CUDA out-of-memory a batch is split in halves and retried
 (`_generate_split`). Which adapters rows may name, which are on the model, and loading them (their weights
-checked first) is `models.adapters.ServedAdapters`, called under the lock. With `decoder="loop"` greedy and
-beam requests run through `models.decode_loop` (our own loop over the model's forward: one prefill per prompt,
-a static cache, CUDA graphs) instead of `generate`; sampled requests always use `generate`; `warm_up` makes
-the loop's shapes (its CUDA graphs) ahead of requests.
+checked first) is `models.adapters.served.ServedAdapters`, called under the lock. With `decoder="loop"` greedy
+and beam requests run through `models.decode.loop` (our own loop over the model's forward: one prefill per
+prompt, a static cache, CUDA graphs) instead of `generate`; sampled requests always use `generate`; `warm_up`
+makes the loop's shapes (its CUDA graphs) ahead of requests.
 """
 
 import gc
@@ -21,28 +21,23 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 from transformers import StoppingCriteriaList
 
-from models.adapters import ServedAdapters
-from models.cache import AdapterResidency
-from models.decode_loop import DecodeLoop, WarmUp
-from models.decoding import (
-    PAD_MULTIPLE,
-    FirstLineDone,
-    GenerationStats,
-    LineEnds,
-    check_decoding,
-    compile_config,
-    static_cache,
-)
+from models.adapters.multi_lora import StackedLora
+from models.adapters.registry import AdapterSpec
+from models.adapters.residency import AdapterResidency
+from models.adapters.served import ServedAdapters
+from models.decode.checks import check_decoding
+from models.decode.fast_paths import NAME as GROUPED_SDPA
+from models.decode.hf_generate import PAD_MULTIPLE, compile_config, static_cache
+from models.decode.line_ends import FirstLineDone, LineEnds
+from models.decode.loop import DecodeLoop, WarmUp
+from models.decode.teacher_forcing import end_of_answer_id, pack_tails, packed_logprobs
 from models.errors import GenerationOutOfMemoryError, PromptTooLongError
-from models.fast_paths import NAME as GROUPED_SDPA
-from models.multi_lora import StackedLora
-from models.registry import AdapterSpec
-from models.teacher_forcing import end_of_answer_id, pack_tails, packed_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +49,20 @@ SCORE_TOKENS = 16384
 KEPT_SCORE_TOKENS = 4 * SCORE_TOKENS
 """The same over kept prefills: their forward runs the tails alone, the prompts' KV is only copied."""
 SCORE_ATTENTION = frozenset({"sdpa", "eager", GROUPED_SDPA})
-"""Attention implementations that take `models.teacher_forcing`'s custom 4-D mask as it is."""
+"""Attention implementations that take `models.decode.teacher_forcing`'s custom 4-D mask as it is."""
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """Totals since the generator was built (a snapshot): what the metrics export as rates."""
+
+    calls: int = 0
+    sequences: int = 0
+    """Output sequences decoded (rows x outputs per row)."""
+    new_tokens: int = 0
+    """Tokens generated up to each sequence's stop (EOS or the end of its first line)."""
+    seconds: float = 0.0
+    """Wall time inside `generate` calls."""
 
 
 class Generator:
@@ -314,7 +322,7 @@ class Generator:
         adapter; the `CandidateScorer` protocol of `ensemble/pipeline.py`.
 
         Each prompt is in the batch once with all its continuations packed behind it
-        (`models.teacher_forcing`); rows run as mixed-adapter batches of at most `SCORE_TOKENS` tokens
+        (`models.decode.teacher_forcing`); rows run as mixed-adapter batches of at most `SCORE_TOKENS` tokens
         (halved on CUDA out-of-memory). A row whose prompt and adapter the decode loop prefilled last
         (the generate call just before, as the pipeline makes it) is not prefilled again: its tails run
         alone over that prefill's KV (`DecodeLoop.score_tails`). The sum is what `generate` reports as a

@@ -26,9 +26,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from app.batch.job_errors import JobFinishedError, JobNotReadyError, TooManyJobsError, UnknownJobError
+from app.batch.job_store import JobStore
 from app.errors import public_error
-from app.job_errors import JobFinishedError, JobNotReadyError, TooManyJobsError, UnknownJobError
-from app.job_store import JobStore
 from app.schemas import BatchResponse, JobState, JobStatusResponse, RowFailureOut
 from ensemble.batch import BatchCancelledError
 

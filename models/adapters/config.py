@@ -5,7 +5,7 @@ time alike (the registry calls it from `check_adapter_folder`): plain LoRA only 
 patterns, fan-in-fan-out, `modules_to_save`, `layers_to_transform`), a positive integer rank, a finite
 `lora_alpha` whose scaling stays within `MAX_SCALING`, and target modules given by name or one regular
 expression. That the weights agree with it (their rank, their modules) and fit the base is checked in
-`models.weights`, which needs torch; this module does not.
+`models.adapters.weights`, which needs torch; this module does not.
 """
 
 from __future__ import annotations

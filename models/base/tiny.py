@@ -10,8 +10,8 @@ import json
 import shutil
 from pathlib import Path
 
+from models.base.folders import BaseInfo, publish, read_base_info, staging_dir, write_base_info
 from models.errors import ModelSourceError
-from models.folders import BaseInfo, publish, read_base_info, staging_dir, write_base_info
 
 TINY_KEY = "tiny-random"
 RECIPE_VERSION = 1

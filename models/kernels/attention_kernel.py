@@ -2,8 +2,8 @@
 
 Between the q/k/v projection and o_proj, a layer of transformers' Qwen2/Llama attention is, for one decoding
 token, about 14 kernels on a GPU: rotary's two `rotate_half` concatenations and eight pointwise operators, the
-cache's two writes, the query's copy into the grouped layout (`models.fast_paths.grouped_sdpa`), SDPA and the
-output's copy back: 33-50 us a layer on an H100, ~0.9 ms of a 2.7 ms step of the 0.5B model.
+cache's two writes, the query's copy into the grouped layout (`models.decode.fast_paths.grouped_sdpa`), SDPA
+and the output's copy back: 33-50 us a layer on an H100, ~0.9 ms of a 2.7 ms step of the 0.5B model.
 `decode_attention` does it in two Triton kernels (4.7-7.9 us; `bench/attention_kernel_tune.py`):
 
 1. One program per (row, KV head, split of the cache's slots: `split_slots`). It rotates its group's query
@@ -20,7 +20,7 @@ value dtype before their matmul (as SDPA's kernels do), and scores, softmax and 
 
 It serves one token a row under a padding mask (the decode loop's `StepCache`), CUDA tensors, head sizes of
 16 to 256 (a power of two) and up to 16 query heads a KV head; `fits` says whether a call qualifies and
-`models.fast_paths` keeps transformers' forward for everything else. Under Triton's interpreter
+`models.decode.fast_paths` keeps transformers' forward for everything else. Under Triton's interpreter
 (`TRITON_INTERPRET=1`) CPU tensors qualify too, which is how the CPU tests run it. It is a `torch.library`
 operator that mutates the cache, so a compiled step keeps it as one call and a CUDA graph replays it.
 `QA_ATTENTION_KERNEL=false` turns it off.

@@ -24,8 +24,9 @@ their own forward.
 
 **A decode step's attention in two kernels.** In a step of the decode loop (its cache is a `StepCache` that
 asks for it), Qwen2's and Llama's attention go from the q/k/v projections to o_proj through
-`models.attention_kernel.decode_attention`: rotary, the cache write and grouped attention in two Triton
-kernels instead of ~14. Any other call, or a shape the kernel does not take, runs the module's own forward.
+`models.kernels.attention_kernel.decode_attention`: rotary, the cache write and grouped attention in two
+Triton kernels instead of ~14. Any other call, or a shape the kernel does not take, runs the module's own
+forward.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import sdpa_mask
 
-from models import attention_kernel
-from models.decode_state import StepCache
+from models.decode.state import StepCache
+from models.kernels import attention_kernel
 
 NAME = "qa_grouped_sdpa"
 KERNEL_ATTENTION = frozenset({"Qwen2Attention", "LlamaAttention"})

@@ -2,12 +2,13 @@
 putting them on and taking them off.
 
 `ServedAdapters` owns the model reference, because with peft's backend the base becomes a `PeftModel` with the
-first adapter and the base again after the last. With the default stacked backend (`models.multi_lora`)
-the model stays the base and the adapters go in and out of its stacks. Which adapters stay resident (least
-recently used out first, pins, a capacity) is `models.cache.AdapterResidency`'s bookkeeping; loading a
-served adapter that a capacity had unloaded is done here when a row names it (`prepare`). An adapter already
-on a peft model passed in (training's) can be attached by name: rows may name it, but it is not owned, so it
-is never unloaded. Not thread-safe: `models.generator.Generator` calls it under its lock.
+first adapter and the base again after the last. With the default stacked backend
+(`models.adapters.multi_lora`) the model stays the base and the adapters go in and out of its stacks. Which
+adapters stay resident (least recently used out first, pins, a capacity) is
+`models.adapters.residency.AdapterResidency`'s bookkeeping; loading a served adapter that a capacity had
+unloaded is done here when a row names it (`prepare`). An adapter already on a peft model passed in
+(training's) can be attached by name: rows may name it, but it is not owned, so it is never unloaded. Not
+thread-safe: `models.decode.generator.Generator` calls it under its lock.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from models.adapter_config import LoraConfig, read_lora_config
-from models.cache import AdapterResidency
+from models.adapters.config import LoraConfig, read_lora_config
+from models.adapters.multi_lora import StackedLora, read_lora
+from models.adapters.registry import ADAPTER_WEIGHTS, AdapterSpec
+from models.adapters.residency import AdapterResidency
+from models.adapters.weights import check_lora_weights
 from models.errors import AdapterError, UnknownAdapterError
-from models.multi_lora import StackedLora, read_lora
-from models.registry import ADAPTER_WEIGHTS, AdapterSpec
-from models.weights import check_lora_weights
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 """The fixed buffers of one decode-loop shape: a decode state (KV slots, tokens, mask) and a prefill (padded
-prompts), each with the CUDA graph `models.decode_loop.DecodeLoop` captures over them, and the KV cache a
+prompts), each with the CUDA graph `models.decode.loop.DecodeLoop` captures over them, and the KV cache a
 step's forward writes through."""
 
 from __future__ import annotations
@@ -97,8 +97,10 @@ class StepCache(StaticCache):
     cache tensors a compiled step takes (transformers' layers would each hold a view of them: inputs that
     alias each other, which TorchDynamo's dynamic shapes do not take).
 
-    `attention_kernel`: the attention modules `models.fast_paths` prepared write the new token themselves,
-    with rotary and attention, in `models.attention_kernel` (where it serves), instead of calling `update`."""
+    `attention_kernel`: the attention modules `models.decode.fast_paths` prepared write the new token
+    themselves, with rotary and attention, in `models.kernels.attention_kernel` (where it serves), instead of
+    calling
+    `update`."""
 
     def __init__(
         self,

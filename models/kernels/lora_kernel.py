@@ -1,9 +1,10 @@
 """A sibling group's stacked LoRA for a few rows (a decode step) in one kernel, instead of three to five.
 
-With one token per row the stacked LoRA of a group (`models.multi_lora`) is an A matmul, a mask multiply and a
-B matmul per member: tiny kernels of ~1.5-3 us each on an H100, ~310 a step of the 0.5B model and a third of
-its time (`bench/step_profile.py`). `add_lora_` does all of it in one Triton kernel, in the manner of
-Punica's and vLLM's multi-LoRA kernels: each program owns a tile of output columns, computes its rows'
+With one token per row the stacked LoRA of a group (`models.adapters.multi_lora`) is an A matmul, a mask
+multiply and a B matmul per member: tiny kernels of ~1.5-3 us each on an H100, ~310 a step of the 0.5B model
+and a third of its time (`bench/step_profile.py`). `add_lora_` does all of it in one Triton kernel, in the
+manner of Punica's and vLLM's multi-LoRA kernels: each program owns a tile of output columns, computes its
+rows'
 `h = (x @ A_m^T) * mask` for the member m those columns belong to (recomputing it per tile is cheaper than a
 second launch: A is a few hundred KB, read from L2), and adds `h @ B[cols]^T` into the base output in place.
 An input longer than `MAX_IN_FEATURES` (the MLP's down projection) takes two kernels, the first splitting

@@ -10,6 +10,7 @@ variable is read here (huggingface_hub reads its own HF_* ones when a hub id is 
 import hashlib
 import json
 import logging
+import os
 import re
 import shutil
 import subprocess
@@ -19,14 +20,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from models.base.folders import BaseInfo, publish, read_base_info, staging_dir, write_base_info
+from models.base.tiny import TINY_KEY, build_tiny_model
 from models.errors import ModelSourceError
-from models.folders import BaseInfo, publish, read_base_info, staging_dir, write_base_info
-from models.tiny import TINY_KEY, build_tiny_model
 
 logger = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 DEFAULT_MODEL = "qwen2.5-coder-1.5b"
+
+
+def default_cache_dir() -> Path:
+    """Where fetched bases are converted and cached: $QA_CACHE_DIR, else ~/.cache/qa-ensemble. The one
+    source of that default: the service's settings, `EngineConfig`, `qa-model`, `qa-eval` and bench/ use
+    it."""
+    return Path(os.environ.get("QA_CACHE_DIR") or Path.home() / ".cache" / "qa-ensemble").expanduser()
+
+
 SAVE_DTYPE = "bfloat16"
 """Converted folders are saved in bf16: half the disk of fp32, the dtype the GPU serves in anyway, and the
 rounding (2^-9 relative) is far below the Q4_K quantization error already baked into the weights."""

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import asdict
 
-from app.batch_input import PreparedBatch
+from app.batch.input import PreparedBatch
 from app.errors import public_error
 from app.schemas import BatchResponse, BatchRowOut, ScoresOut
 from app.service import QAService, to_candidates, to_clusters

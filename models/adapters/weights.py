@@ -9,14 +9,14 @@ reads the whole file with safetensors (never pickle) and checks that every tenso
 that each A has its B, that their rank is the config's and their module one the config targets, that every
 target the config names exists in the base, that each matrix fits its base layer and that B stays finite once
 scaled; it raises `AdapterError` naming the problem, and only then does the generator hand the folder to a
-backend. It loads nothing into the model. The config itself is `models.adapter_config`'s.
+backend. It loads nothing into the model. The config itself is `models.adapters.config`'s.
 """
 
 from pathlib import Path
 
 import torch
 
-from models.adapter_config import LoraConfig
+from models.adapters.config import LoraConfig
 from models.errors import AdapterError
 
 _A, _B = ".lora_A.weight", ".lora_B.weight"

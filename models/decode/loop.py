@@ -6,7 +6,7 @@ the model's own forward (so the stacked LoRA and 4-bit layers are used unchanged
 left-padded prompt rows, their KV copied into a static cache of B x beams rows (the beams of a prompt share
 its prefix), then one step per token over fixed buffers (token ids, positions, an attention mask filled in
 place, the cache reordered in place), so that on CUDA a step is one replay of a CUDA graph captured per
-(rows bucket, cache length bucket, beams or not, LoRA mask or not). Choosing tokens is `models.search`
+(rows bucket, cache length bucket, beams or not, LoRA mask or not). Choosing tokens is `models.decode.search`
 (greedy, and transformers' beam search on the device); a line end (`LineEnds`) finishes a hypothesis just as
 EOS does. The host reads one flag per step, a step late, so it never waits for the step it has just queued.
 
@@ -29,12 +29,12 @@ prompts through `decode` so that a server captures the shapes it will meet first
 Within a state the prompts fill the cache from slot 0 and new tokens its last slots (`MIN_GENERATED` or
 more), so that a beam reorder copies only the new tokens' slots: the beams of a prompt share its prompt
 slots. The step's forward gets its 4-D mask ready made (one query token: the padding mask is all of it),
-writes its KV through `models.decode_state.StepCache` (two operators a layer), and attends with
-`models.fast_paths.grouped_sdpa` (no copy of the cache per query head; RMSNorm runs as one operator too).
-With `compile_backend` the step is compiled by torch.compile (inductor fuses each chain of small operators
-into one kernel; the 4-bit matmul stays bitsandbytes' operator) and the CUDA graph captures the compiled
-kernels; shapes after the first recompile once as dynamic (TorchDynamo's automatic dynamic shapes), not once
-each.
+writes its KV through `models.decode.state.StepCache` (two operators a layer), and attends with
+`models.decode.fast_paths.grouped_sdpa` (no copy of the cache per query head; RMSNorm runs as one operator
+too). With `compile_backend` the step is compiled by torch.compile (inductor fuses each chain of small
+operators into one kernel; the 4-bit matmul stays bitsandbytes' operator) and the CUDA graph captures the
+compiled kernels; shapes after the first recompile once as dynamic (TorchDynamo's automatic dynamic shapes),
+not once each.
 
 The last decode's prefill (its KV, padding mask and next-token log-probabilities) is kept until the next one
 (`kept`), so that a likelihood vote scores candidate answers behind those prompts with one forward of the
@@ -59,12 +59,12 @@ import torch
 from transformers import DynamicCache, StaticCache
 from transformers.cache_utils import StaticLayer
 
-from models.decode_state import DecodeState, PrefillState
-from models.decoding import LineEnds
-from models.fast_paths import use_fast_paths
-from models.multi_lora import StackedLora
-from models.search import BeamSearch, Decoded, Greedy, Stops
-from models.teacher_forcing import Tails, additive_mask, mask_dtype, sum_logprobs
+from models.adapters.multi_lora import StackedLora
+from models.decode.fast_paths import use_fast_paths
+from models.decode.line_ends import LineEnds
+from models.decode.search import BeamSearch, Decoded, Greedy, Stops
+from models.decode.state import DecodeState, PrefillState
+from models.decode.teacher_forcing import Tails, additive_mask, mask_dtype, sum_logprobs
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +137,8 @@ class DecodeLoop:
     recently used out first (a quarter of it for prefills); None: a fifth of the device's memory on CUDA, at
     least `MIN_CACHE_BYTES`, else `MIN_CACHE_BYTES`; `min_length`: the shortest cache length bucket (lengths
     and prompt rows are rounded up `bucket`'s ladder, so similar batches share a shape and its graph);
-    `attention_kernel`: a step's rotary, cache write and attention in `models.attention_kernel` where it
-    serves (CUDA). Not thread-safe: the generator's lock serialises calls.
+    `attention_kernel`: a step's rotary, cache write and attention in `models.kernels.attention_kernel` where
+    it serves (CUDA). Not thread-safe: the generator's lock serialises calls.
     """
 
     def __init__(
@@ -291,7 +291,7 @@ class DecodeLoop:
     def score_tails(
         self, rows: Sequence[int], tails: Tails, adapters: Sequence[str | None]
     ) -> list[list[float]]:
-        """`models.teacher_forcing`'s sums for continuations behind prompts of the last decode (`kept`;
+        """`models.decode.teacher_forcing`'s sums for continuations behind prompts of the last decode (`kept`;
         `rows` index its prompts, `adapters` are theirs), without a second prefill: one forward of the tails
         alone over a copy of those rows' prompt KV, the first tokens scored from the kept log-probabilities.
         """

@@ -7,7 +7,7 @@ and scores it by its mean log-probability, as the generator scores `generate`'s 
 hypothesis at EOS and, with `LineEnds`, at the end of the answer's first non-empty line, tracking per row
 whether that line has had text yet (vocabulary-sized lookups, no re-scan of the generated tokens). Each
 `choose` returns the next tokens (and, for beams, the cache row each continues) as device tensors and keeps a
-device flag `halted`; running the model is `models.decode_loop`'s job. Both searches take `real`: the rows (or
+device flag `halted`; running the model is `models.decode.loop`'s job. Both searches take `real`: the rows (or
 prompts) past it only pad the batch to a bucketed shape; they never count towards `halted` and `result` leaves
 them out, so whatever they hold (even NaN) cannot change the real rows' outputs.
 """
@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from models.decoding import LineEnds
+from models.decode.line_ends import LineEnds
 
 NEG = -1.0e9
 """transformers' "impossible" score, added (not assigned) as in `_beam_search`, so float32 rounds the same."""
