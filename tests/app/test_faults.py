@@ -67,6 +67,9 @@ def inject_oom(monkeypatch, client: TestClient, *, max_rows: int | None = None, 
 
 def test_oom_splits_the_batch_and_every_row_is_answered(app_client, monkeypatch):
     expected = app_client.post("/answer", json={**ASK, "explain": True}).json()
+    # another question in between: the decode loop would start the very batch it just prefilled from its
+    # kept prefill (no prompt forward to fail), and this test is about the prefill running out of memory
+    assert app_client.post("/answer", json={**ASK, "question": "무엇이 그치나?"}).status_code == 200
     sizes = inject_oom(monkeypatch, app_client, max_rows=1)
     response = app_client.post("/answer", json={**ASK, "explain": True})
     assert response.status_code == 200, response.text
