@@ -195,6 +195,9 @@ def forced_decode(
 ) -> None:
     """One batch through the service's generator (one row per prompt, `beams` beams and outputs each), every
     output exactly `tokens` new tokens long (EOS masked until then), so that runs compare like with like."""
+    loop = getattr(generator, "_loop", None)
+    if loop is not None:  # each run prefills: the same batch again would decode on the kept prefill
+        loop.kept = None
     config = generator.model.generation_config
     previous, config.min_new_tokens = config.min_new_tokens, tokens
     try:
