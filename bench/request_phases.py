@@ -52,10 +52,12 @@ class PhaseClock:
     def __init__(self, device: str) -> None:
         self.device = device
         self.current: dict[str, float] = defaultdict(float)
+        self._wrapped: list[tuple[Any, str, Any]] = []
 
     def wrap(self, owner: Any, name: str, phase: str) -> None:
         """Time `owner.name` (a method) as `phase`; a nested timed call is subtracted from its caller."""
         inner: Callable[..., Any] = getattr(owner, name)
+        self._wrapped.append((owner, name, owner.__dict__.get(name, inner)))
 
         def timed(*args: Any, **kwargs: Any) -> Any:
             import torch
@@ -72,6 +74,13 @@ class PhaseClock:
                 self.current[phase] += (time.perf_counter() - started) * 1000 - nested
 
         setattr(owner, name, timed)
+
+    def restore(self) -> None:
+        """Put every wrapped method back (the classes are shared: a later caller in this process, a test,
+        must not run inside this clock's profiler ranges)."""
+        for owner, name, original in reversed(self._wrapped):
+            setattr(owner, name, original)
+        self._wrapped.clear()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,8 +198,11 @@ def main(argv: list[str] | None = None) -> int:
             phases = {p: clock.current.get(p, 0.0) for p in PHASES if p != "rest"}
             phases["rest"] = total - sum(phases.values())
             rows.append({**phases, "total": total})
-        if args.profile is not None:
-            profile(args.profile, args.device, lambda: [pipeline.answer_many([r]) for r in requests[:3]])
+        try:
+            if args.profile is not None:
+                profile(args.profile, args.device, lambda: [pipeline.answer_many([r]) for r in requests[:3]])
+        finally:
+            clock.restore()
     summary = {key: round(statistics.median(r[key] for r in rows), 2) for key in (*PHASES, "total")}
     report = {
         "environment": environment(args.device),
