@@ -18,7 +18,8 @@ instead of 124 multiples of 64, and batches of 1 to 16 questions of 6 prompt row
 of 16. Plain powers of two would make a few shapes fewer but overshoot each dimension by up to 2x instead of
 1.5x, and every step reads (with beams, copies) its whole cache: for a large batch (96 prompt rows x 3 beams
 at ~1.1k tokens, ~4 GB of KV in a 0.5B model) up to 4x instead of 2.25x the memory and traffic.
-Off CUDA graphs the prefill runs the real rows and width, and each padding row of the decode state copies
+Off CUDA graphs the prefill runs the real rows, each prompt alone and unpadded on the CPU (`_prefill_each`:
+padding and a mask cost more there than batching saves), and each padding row of the decode state copies
 prompt 0's KV, mask and positions (nothing fully masked, so no NaN) and runs under no adapter. On CUDA the
 prefill too is padded to a shape (prompt rows, width on the ladder from `MIN_PROMPT`: `PrefillState`) and
 replayed from a graph (up to `PREFILL_GRAPH_TOKENS`; a larger one runs as it is), because an eager forward
@@ -170,6 +171,9 @@ class DecodeLoop:
         self._prefill_graphs, self._graph_pool = True, None
         self.static_prefill: bool | None = None
         """Prefill padded to shape buckets (a graph each on CUDA): None = where CUDA graphs are on."""
+        self.prefill_alone: bool | None = None
+        """Prefill each prompt of an unpadded (eager) batch alone, its KV then left-padded into the batch's:
+        None = off CUDA (see `_prefill_each`)."""
         self._lora_version = stacked.version if stacked is not None else 0
         # torch.compile of the step (no CUDA graphs of its own: the graph captured here replays its kernels)
         # fuses each chain of small operators (RMSNorm, rotary, the LoRA mask, SiLU x up) into one kernel.
@@ -230,8 +234,12 @@ class DecodeLoop:
                 pre = self._prefill(input_ids, attention_mask, rows)
                 prefill, log_probs, prompt_mask = pre.cache, pre.log_probs, pre.mask
             else:
-                self._set_rows(adapters, 1)
-                prefill, log_probs = self._prefill_forward(input_ids, attention_mask)
+                if prompts > 1 and self._alone(device):
+                    prefill, log_probs = self._prefill_each(input_ids, attention_mask, adapters)
+                    self._set_rows(adapters, 1)
+                else:
+                    self._set_rows(adapters, 1)
+                    prefill, log_probs = self._prefill_forward(input_ids, attention_mask)
                 prompt_mask = attention_mask
                 # padding prompts start as copies of prompt 0, as `DecodeState.load` makes them
                 if rows > prompts:
@@ -389,6 +397,41 @@ class DecodeLoop:
             logits_to_keep=1,
         ).logits
         return cache, torch.log_softmax(logits[:, -1].float(), dim=-1)
+
+    def _prefill_each(
+        self, input_ids: torch.Tensor, padding: torch.Tensor, adapters: Sequence[str | None]
+    ) -> tuple[Any, torch.Tensor]:
+        """`_prefill_forward` of a padded batch, one prompt at a time: each prompt's real tokens alone (no
+        padding, no mask: the causal fast path), under its own adapter, and their KV put back at the
+        batch's real slots (zeros at the padding slots, which every later mask hides). Measured on a 2-core
+        CPU (docs/benchmarks.md, "CPU path"): a padded prefill of 8 prompts ran at 58 tokens/s against 67
+        for one prompt alone, and padding to the longest adds tokens besides; a QA prompt is hundreds of
+        tokens, so one prompt is already a full matmul and batching the prefill buys nothing there. The
+        positions are each real token's index among its row's, as in the padded forward: the same KV."""
+        real = padding.bool()
+        caches, log_probs = [], []
+        for row, name in enumerate(adapters):
+            ids = input_ids[row][real[row]][None]
+            self._set_rows([name], 1)
+            cache, row_log_probs = self._prefill_forward(ids, torch.ones_like(ids))
+            caches.append(cache)
+            log_probs.append(row_log_probs)
+        batch = DynamicCache(config=self.model.config)
+        for layer_idx in range(len(caches[0].layers)):
+            like = caches[0].layers[layer_idx]
+            keys, values = (
+                t.new_zeros(len(caches), t.shape[1], input_ids.shape[1], t.shape[3])
+                for t in (like.keys, like.values)
+            )
+            for row, cache in enumerate(caches):
+                layer = cache.layers[layer_idx]
+                keys[row][:, real[row]] = layer.keys[0]
+                values[row][:, real[row]] = layer.values[0]
+            batch.update(keys, values, layer_idx)
+        return batch, torch.cat(log_probs)
+
+    def _alone(self, device: torch.device) -> bool:
+        return self.prefill_alone if self.prefill_alone is not None else device.type != "cuda"
 
     def _static_forward(self, pre: PrefillState) -> None:
         keep = (pre.mask[:, None, None, :] != 0) & pre.causal | pre.itself

@@ -394,3 +394,26 @@ def test_prefill_padding_follows_the_graph_size_and_survives_a_failed_capture(
     assert list(loop._loop._prefills) == [(4, bucket(width, 64), True)]  # padded to the width's bucket
     assert loop._loop.captures == 0 and not loop._loop._prefill_graphs  # the capture failed, then stopped
     assert not loop._loop.cuda_graphs  # the step's capture failed too: steps run eagerly
+
+
+@pytest.mark.parametrize("beams", [1, 3])
+def test_each_prompt_alone_equals_the_padded_prefill(tiny_model_dir, tiny_adapters_dir, beams) -> None:
+    """Off CUDA each prompt is prefilled alone and its KV left-padded into the batch's (`_prefill_each`):
+    the same candidates and scores as one padded forward of the batch, and the kept prefill it leaves for
+    the likelihood vote holds the same KV at the real slots and the same next-token log-probabilities."""
+    gens = {}
+    for alone in (True, False):
+        gens[alone] = _generator(tiny_model_dir, tiny_adapters_dir, decoder="loop")
+        gens[alone]._loop.prefill_alone = alone
+    decoding = dict(num_beams=beams, num_return_sequences=beams, max_new_tokens=10)
+    got, want = (gens[alone].generate(PROMPTS, ADAPTERS, **decoding) for alone in (True, False))
+    assert_same(got, want)
+    kept_alone, kept_padded = gens[True]._loop.kept, gens[False]._loop.kept
+    real = kept_padded.mask.bool()
+    assert torch.equal(kept_alone.mask, kept_padded.mask) and not real.all(), "prompts of different lengths"
+    torch.testing.assert_close(kept_alone.log_probs, kept_padded.log_probs, atol=1e-4, rtol=1e-4)
+    for a, p in zip(kept_alone.cache.layers, kept_padded.cache.layers, strict=True):
+        for row in range(real.shape[0]):
+            keys_alone, keys_padded = a.keys[row][:, real[row]], p.keys[row][:, real[row]]
+            torch.testing.assert_close(keys_alone, keys_padded, atol=1e-4, rtol=0)
+            assert not a.keys[row][:, ~real[row]].any(), "padding slots hold zeros"
