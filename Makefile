@@ -12,7 +12,7 @@ $(BIN)/python:
 # torch first: on a machine without torch this takes the CPU build 2.13.0; an installed (e.g. CUDA) torch is kept.
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -e ".[dev,ray]"
+	$(BIN)/python -m pip install -q -e ".[dev,ray,train]"
 	touch $@
 
 serve: $(VENV)/.installed

@@ -68,7 +68,7 @@ def prepare(config: TrainConfig) -> tuple[str, str]:
 
 
 def software_versions(backend: str) -> dict[str, str]:
-    packages = ["torch", "transformers", "peft", "bitsandbytes", "accelerate"]
+    packages = ["torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl"]
     if backend == "unsloth":
         packages += ["unsloth", "unsloth_zoo"]
     found = {}

@@ -1,6 +1,7 @@
 """`qa-train`: train the members of a recipe, or only report the prompts' token lengths.
 
-    qa-train --config recipes/korquad-qwen0.5b.toml [--set train.epochs=0.45] [--only NAME]
+    qa-train --config recipes/korquad-qwen0.5b.toml [--set train.epochs=0.45] [--only NAME] [--resume]
+    accelerate launch -m training.cli --config ...     # data parallel: one process per GPU (or torchrun)
     qa-train lengths --config recipes/korquad-qwen0.5b.toml [--set train.max_seq_len=768]
 
 `--set KEY=VALUE` (repeatable) overrides the recipe: `train.KEY`, `members.KEY` (every member) or
@@ -52,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="train only this member (repeatable); default: every member",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a killed run: exported members are kept, the member being trained resumes from its "
+        "newest checkpoint",
+    )
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     return parser
 
@@ -75,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         device, backend = prepare(run.train)  # imports unsloth, when chosen, before transformers
         from training.runner import run_training
 
-        outcomes = run_training(run, device=device, backend=backend)
+        outcomes = run_training(run, device=device, backend=backend, resume=args.resume)
     except (ConfigError, DataFormatError, FileExistsError, ModelSourceError) as e:
         parser.exit(2, f"qa-train: error: {e}\n")
     for outcome in outcomes:

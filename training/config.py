@@ -31,6 +31,8 @@ Precision = Literal["auto", "bf16", "fp32"]
 Quantization = Literal["auto", "4bit", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 Backend = Literal["auto", "unsloth", "peft"]
+Trainer = Literal["sft", "loop"]
+Batching = Literal["padded", "padding_free", "packed"]
 AttnImplementation = Literal["sdpa", "eager"]
 SaveDType = Literal["bfloat16", "float16", "float32"]
 
@@ -181,6 +183,21 @@ class TrainConfig:
     """Where to train: auto = CUDA when available."""
     backend: Backend = "auto"
     """auto = unsloth on CUDA when it is installed, else peft (transformers + peft + bitsandbytes)."""
+    trainer: Trainer = "sft"
+    """`sft`: TRL's SFTTrainer (`training.sft`: resumable checkpoints, data parallel under `accelerate launch`
+    or `torchrun`, padding-free or packed batches, the logging integrations of `report_to`); `loop`: the
+    project's own loop (`training.trainer`), kept for side-by-side runs until the GPU parity runs are done."""
+    batching: Batching = "padding_free"
+    """How the SFTTrainer lays out a micro-batch: `padding_free` flattens its `batch_size` sequences into one
+    row (no padding token; attention stays within each sequence through its position ids), `packed` fills
+    rows of `batch_size x max_seq_len` tokens best-fit (TRL's BFD packing; more sequences a step than
+    `batch_size`), `padded` right-pads to the longest (as the loop does). The loop always pads."""
+    report_to: tuple[str, ...] = ()
+    """Logging integrations of the SFTTrainer (transformers' `report_to`: tensorboard, wandb, trackio, mlflow,
+    ...); none by default. The member's JSONL train log is written either way."""
+    save_total_limit: int = 1
+    """Checkpoints kept per member for `qa-train --resume` (at each validation; deleted once the adapter is
+    exported)."""
     gradient_checkpointing: bool = True
     """Recompute activations in backward (less memory, ~30% slower); unsloth uses its own variant."""
     attn_implementation: AttnImplementation = "sdpa"
@@ -219,6 +236,8 @@ class TrainConfig:
             ("device", ("auto", "cpu", "cuda")),
             ("backend", ("auto", "unsloth", "peft")),
             ("save_dtype", ("bfloat16", "float16", "float32")),
+            ("trainer", ("sft", "loop")),
+            ("batching", ("padded", "padding_free", "packed")),
             ("attn_implementation", ("sdpa", "eager")),
             ("data_format", ("auto", "squad", "csv", "jsonl")),
         ):
@@ -248,6 +267,13 @@ class TrainConfig:
             _number("train.neftune_noise_alpha", self.neftune_noise_alpha, low=0, low_open=True)
         if self.max_steps is not None:
             _number("train.max_steps", self.max_steps, low=1, integer=True)
+        _number("train.save_total_limit", self.save_total_limit, low=1, integer=True)
+        report_to = (self.report_to,) if isinstance(self.report_to, str) else self.report_to
+        if not all(isinstance(r, str) and r.strip() for r in report_to):
+            raise _fail("train.report_to", f"must be a list of integration names; got {self.report_to!r}")
+        object.__setattr__(self, "report_to", tuple(r for r in report_to if r != "none"))
+        if self.trainer == "loop" and self.batching == "packed":
+            raise _fail("train.batching", 'packing needs trainer = "sft"; the loop always pads')
         for name in ("eval_at_start", "gradient_checkpointing", "cudnn_sdpa", "overwrite", "progress"):
             if not isinstance(getattr(self, name), bool):
                 raise _fail(f"train.{name}", f"must be true or false; got {getattr(self, name)!r}")

@@ -1,16 +1,24 @@
 """One training run: read the data, report token lengths, load the base once, train every member in turn.
 
-Each member gets a fresh adapter (see `backends`), is trained and validated (`trainer`, `validation`) and is
-written as `<output>/<name>/` with its manifest (`export`); run-level reports go to `<output>/.training/`
-(hidden, so the output folder stays a valid adapters directory for `qa-serve --adapters-dir`). Call
-`backends.prepare()` before importing this module when the backend may be unsloth.
+Each member gets a fresh adapter (see `backends`), is trained and validated (`sft` with TRL's SFTTrainer, or
+the loop of `trainer`; `validation`) and is written as `<output>/<name>/` with its manifest (`export`);
+run-level reports go to `<output>/.training/` (hidden, so the output folder stays a valid adapters directory
+for `qa-serve --adapters-dir`), the SFTTrainer's checkpoints to `<output>/.training/checkpoints/<name>/` until
+the member is exported. `resume=True` (`qa-train --resume`): members already exported are kept, a member with
+a checkpoint continues from its newest one, the others train from the start.
+
+Under `accelerate launch` / `torchrun` every process runs this (each loads the base and the data and trains
+its shard of every batch); only the first writes reports, logs and adapters. Call `backends.prepare()` before
+importing this module when the backend may be unsloth.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -21,7 +29,7 @@ from models.adapters.registry import AdapterManifest
 from models.base.loading import load_tokenizer
 from models.base.sources import ResolvedModel, resolve_model
 from training.backends import load_training_base, software_versions
-from training.config import MemberConfig, RunConfig, TrainConfig
+from training.config import ConfigError, MemberConfig, RunConfig, TrainConfig
 from training.data import LengthReport, PromptEncoder, TrainingData, encode_examples, load_training_data
 from training.export import write_adapter_folder
 from training.lengths import measure, table, write_report
@@ -30,6 +38,8 @@ from training.validation import Validator
 
 logger = logging.getLogger(__name__)
 REPORT_DIR = ".training"
+CHECKPOINTS = "checkpoints"
+"""Under REPORT_DIR: one folder of SFTTrainer checkpoints per member being trained."""
 TRAIN_LOG = "train_log.jsonl"
 HOLDOUT_IDS = "holdout_ids.json"
 """The held-out question ids of the run (`qa-eval run --ids` reads them): never trained on, never eval."""
@@ -76,16 +86,25 @@ def longest_validation_input(
     return longest + answer_budget if longest else 0
 
 
-def run_training(run: RunConfig, *, device: str, backend: str) -> list[MemberOutcome]:
-    """Train every member of `run` and write its adapter folder; returns what each run produced."""
+def is_main_process() -> bool:
+    """The process that writes (rank 0 of a data-parallel run; the only one otherwise)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run_training(run: RunConfig, *, device: str, backend: str, resume: bool = False) -> list[MemberOutcome]:
+    """Train every member of `run` and write its adapter folder; returns what each run produced (a
+    resumed run: the members it trained now)."""
     config = run.train
     output = config.output_path()
     existing = [m.name for m in run.members if (output / m.name).exists()]
-    if existing and not config.overwrite:
+    if existing and not config.overwrite and not resume:
         raise FileExistsError(
-            f"{output} already holds {', '.join(existing)}; set train.overwrite=true "
+            f"{output} already holds {', '.join(existing)}; set train.overwrite=true, resume with --resume "
             "or choose another train.output_dir"
         )
+    if resume and config.trainer != "sft":
+        raise ConfigError('train.trainer: --resume needs trainer = "sft" (the loop keeps no checkpoints)')
+    main = is_main_process()
     reports = output / REPORT_DIR
     reports.mkdir(parents=True, exist_ok=True)
     resolved = resolve_base(config)
@@ -101,28 +120,43 @@ def run_training(run: RunConfig, *, device: str, backend: str) -> list[MemberOut
     encoder = PromptEncoder(load_tokenizer(resolved.path))
     styles = list(dict.fromkeys(m.prompt_style for m in run.members))
     stats, raw = measure(data.train, encoder, styles, config.max_seq_len)
-    write_report(stats, raw, reports, title=f"{resolved.key}, {config.split}")
+    if main:
+        write_report(stats, raw, reports, title=f"{resolved.key}, {config.split}")
     encoded = {
         s: encode_examples(
             data.train, encoder, s, max_seq_len=config.max_seq_len, policy=config.length_policy
         )
         for s in styles
     }
-    (reports / HOLDOUT_IDS).write_text(
-        json.dumps({"held_out_ids": list(data.held_out_ids)}, indent=1) + "\n", encoding="utf-8"
-    )
-    (reports / "length_policy.json").write_text(
-        json.dumps({s: r.as_dict() for s, (_, r) in encoded.items()}, indent=2, ensure_ascii=False) + "\n",
-        encoding="utf-8",
-    )
+    if main:
+        (reports / HOLDOUT_IDS).write_text(
+            json.dumps({"held_out_ids": list(data.held_out_ids)}, indent=1) + "\n", encoding="utf-8"
+        )
+        (reports / "length_policy.json").write_text(
+            json.dumps({s: r.as_dict() for s, (_, r) in encoded.items()}, indent=2, ensure_ascii=False)
+            + "\n",
+            encoding="utf-8",
+        )
 
     longest = longest_validation_input(data, encoder, styles, config.val_max_new_tokens)
     base = load_training_base(backend, resolved, config, device, longest_input=longest)
     outcomes = []
     for member in run.members:
+        if resume and (output / member.name).exists():
+            logger.info("member %s: already exported; kept (--resume)", member.name)
+            continue
         examples, length_report = encoded[member.prompt_style]
         log_path = reports / f"{member.name}.{TRAIN_LOG}"
-        log_path.unlink(missing_ok=True)
+        checkpoints = reports / CHECKPOINTS / member.name
+        if main:
+            if resume:
+                from training.sft import last_checkpoint
+
+                kept = last_checkpoint(checkpoints)
+                trim_log(log_path, int(kept.name.split("-")[1]) if kept else 0)
+            else:
+                log_path.unlink(missing_ok=True)
+                shutil.rmtree(checkpoints, ignore_errors=True)
         started = time.perf_counter()
         model, adapter = base.attach(member)
         evaluate = None
@@ -149,19 +183,40 @@ def run_training(run: RunConfig, *, device: str, backend: str) -> list[MemberOut
             member.r,
             member.learning_rate,
         )
-        result = train_member(
-            model,
-            examples,
-            member,
-            config,
-            pad_id=base.tokenizer.pad_token_id,
-            device=device,
-            bf16=base.bf16,
-            evaluate=evaluate,
-            eval_mode=base.eval_mode,
-            train_mode=base.train_mode,
-            log=JsonlLog(log_path),
-        )
+        log = JsonlLog(log_path if main else None)
+        if config.trainer == "sft":
+            from training.sft import fused_head_for, train_member_sft
+
+            result = train_member_sft(
+                model,
+                examples,
+                member,
+                config,
+                tokenizer=base.tokenizer,
+                device=device,
+                bf16=base.bf16,
+                checkpoints=checkpoints,
+                resume=resume,
+                evaluate=evaluate,
+                eval_mode=base.eval_mode,
+                train_mode=base.train_mode,
+                log=log,
+                fused_head=fused_head_for(backend, device),
+            )
+        else:
+            result = train_member(
+                model,
+                examples,
+                member,
+                config,
+                pad_id=base.tokenizer.pad_token_id,
+                device=device,
+                bf16=base.bf16,
+                evaluate=evaluate,
+                eval_mode=base.eval_mode,
+                train_mode=base.train_mode,
+                log=log,
+            )
         facts = training_facts(
             run,
             member,
@@ -184,21 +239,25 @@ def run_training(run: RunConfig, *, device: str, backend: str) -> list[MemberOut
             weight=member.weight,
             training=facts,
         )
-        folder = write_adapter_folder(
-            model,
-            adapter,
-            output,
-            manifest,
-            resolved,
-            save_dtype=config.save_dtype,
-            overwrite=config.overwrite,
-            extra_files={TRAIN_LOG: log_path},
-        )
+        folder = output / member.name
+        if main:
+            folder = write_adapter_folder(
+                model,
+                adapter,
+                output,
+                manifest,
+                resolved,
+                save_dtype=config.save_dtype,
+                overwrite=config.overwrite,
+                extra_files={TRAIN_LOG: log_path},
+            )
+            shutil.rmtree(checkpoints, ignore_errors=True)  # exported: nothing left to resume
         base.detach(adapter)
         best = result.best
         logger.info(
-            "member %s: saved %s (best F1 %s at epoch %s, step %s of %s)",
+            "member %s: %s %s (best F1 %s at epoch %s, step %s of %s)",
             member.name,
+            "saved" if main else "trained (the first process saves it to)",
             folder,
             best.f1 if best else None,
             best.epoch if best else None,
@@ -222,8 +281,21 @@ def run_training(run: RunConfig, *, device: str, backend: str) -> list[MemberOut
             for o in outcomes
         },
     }
-    (reports / "run.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    if main:
+        (reports / "run.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     return outcomes
+
+
+def trim_log(path: Path, step: int) -> None:
+    """Keep a member's train log up to `step` (a resumed run logs the steps after its checkpoint again)."""
+    if not path.is_file():
+        return
+    kept = [
+        line
+        for line in path.read_text(encoding="utf-8").splitlines()
+        if line.strip() and json.loads(line).get("step", 0) <= step
+    ]
+    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
 
 
 def training_facts(

@@ -213,7 +213,7 @@ class JsonlLog:
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
 
 
-def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
+def trainable_state(model: Any) -> dict[str, torch.Tensor]:
     return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -276,7 +276,7 @@ def train_member(
         # Step 0 is the base model's baseline, never a checkpoint (its adapter is a no-op). Strictly better
         # only: on a tie the earlier, shorter-trained checkpoint stays.
         if step > 0 and (result.best is None or f1 > (result.best.f1 or 0.0)):
-            result.best, best_state = point, _trainable_state(model)
+            result.best, best_state = point, trainable_state(model)
         logger.info(
             "%s step %d (epoch %.3f): loss %s, validation EM %.2f F1 %.2f (%.1fs)",
             member.name,

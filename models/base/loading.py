@@ -80,6 +80,7 @@ def load_base(path: Path, config: LoadConfig | None = None):  # -> tuple[PreTrai
     The folder's own sampling defaults (temperature, repetition penalty, ...) are dropped: callers pass every
     decoding parameter explicitly, so the generation config keeps only the special token ids.
     """
+    import torch
     from transformers import AutoModelForCausalLM
 
     config = config or LoadConfig()
@@ -89,7 +90,8 @@ def load_base(path: Path, config: LoadConfig | None = None):  # -> tuple[PreTrai
     if config.resolved_quantization() == "4bit":
         kwargs["quantization_config"] = bnb_config(dtype)
     if device == "cuda" or "quantization_config" in kwargs:
-        kwargs["device_map"] = {"": 0 if device == "cuda" else "cpu"}
+        # The current CUDA device, not always 0: a data-parallel training process has its own (LOCAL_RANK).
+        kwargs["device_map"] = {"": torch.cuda.current_device() if device == "cuda" else "cpu"}
     model = AutoModelForCausalLM.from_pretrained(str(path), **kwargs)
     if device == "cpu" and "device_map" not in kwargs:
         model.to("cpu")
