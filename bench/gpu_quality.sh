@@ -44,6 +44,12 @@
 # shipped members, 4-bit and bf16, count and the shipped likelihood vote, a torch.profiler run of the latter in
 # bf16), then the GPU default plan with the shipped vote in bf16 without quantization, held-out train articles
 # and eval split side by side (candidates with likelihoods: what the vote is fitted on and checked on).
+# `s11` (background, session 11, issue 20): training throughput on the idle card, the same member and examples
+# through each path (`bench.train_backends`: peft and Unsloth with the loop, Unsloth with TRL's SFTTrainer
+# padded, padding-free, packed, one micro-batch of 16, without gradient checkpointing); then the recipe's three
+# members through the SFTTrainer (the new default) side by side, with q15-zs-s1 through the loop beside them
+# (its validation curve's twin, same seed and data), and the eval split scored with the three new members: the
+# recipe's wall time with its evaluation.
 # `latency` (background): /answer of the full set at concurrency 1 and 8, {bf16, 4-bit} x {count, likelihood}.
 set -uo pipefail
 step=${1:?step}
@@ -114,6 +120,27 @@ case "$step" in
     done
     (eval_run holdout-bf16 --split train --ids /tmp/data/holdout_ids.json --adapters-dir "$ship" --quantization none) &
     (eval_run eval-bf16 --split eval --adapters-dir "$ship" --quantization none) &
+    wait
+    echo "all done $(date +%T)"
+    ;;
+  s11)  # background: see the header
+    env_runs
+    t0=$(date +%s)
+    variants="peft:loop,unsloth:loop,unsloth:sft:padded,unsloth:sft:padding_free,unsloth:sft:packed"
+    variants+=",unsloth:sft:padding_free@batch_size=16;grad_accum=1"
+    variants+=",unsloth:sft:padding_free@batch_size=16;grad_accum=1;gradient_checkpointing=false"
+    (cd "$SRC" && python3 -m bench.train_backends --config "$RECIPE" --member q15-zs-s1 --steps 12 \
+      --warmup-steps 3 --timeout 200 --variants "${S11_VARIANTS:-$variants}" --set train.data="$DATA" \
+      --set train.cache_dir=/tmp/cache --out "$RES/backends" >"$RES/backends.log" 2>&1)
+    echo "backends done in $(( $(date +%s) - t0 )) s"
+    t0=$(date +%s) ship=()
+    for m in q15-zs-s1 q15-pr-s2 q15-zs-nef-s3; do train_one "$m" /tmp/out/ship & ship+=($!); sleep 2; done
+    train_one "q15-zs-s1@loop" /tmp/out/loop --set train.trainer=loop &
+    wait "${ship[@]}"
+    echo "members written in $(( $(date +%s) - t0 )) s: $(ls /tmp/out/ship | tr '\n' ' ')"
+    cp "$SRC/adapters/$KEY/vote.json" /tmp/out/ship/  # the shipped vote (fitted on the old members' candidates)
+    eval_run eval-ens --split eval --adapters-dir /tmp/out/ship
+    echo "recipe with its evaluation in $(( $(date +%s) - t0 )) s"
     wait
     echo "all done $(date +%T)"
     ;;
@@ -208,13 +235,14 @@ case "$step" in
   backends)  # on an idle card: the same member and steps with each backend, one after the other
     env_runs
     (cd "$SRC" && python3 -m bench.train_backends --config "$RECIPE" --member q15-zs-s1 --steps 20 \
-      --warmup-steps 4 --timeout 200 --set train.data="$DATA" --set train.cache_dir=/tmp/cache \
+      --variants peft:loop,unsloth:loop --warmup-steps 4 --timeout 200 --set train.data="$DATA" --set train.cache_dir=/tmp/cache \
       --out "$RES/backends" 2>&1 | grep -E "^\||error")
     ;;
   collect)
     for m in q15-zs-s1 q15-pr-s2 q15-zs-nef-s3; do
       [ -d "/tmp/out/ship/$m" ] && tar -C /tmp/out/ship -cf "$OUT/$m.tar" "$m"
     done
+    [ -d /tmp/out/loop/q15-zs-s1 ] && tar -C /tmp/out/loop -cf "$OUT/loop-q15-zs-s1.tar" q15-zs-s1
     tar -C /tmp -cJf "$OUT/results.tar.xz" results $(cd /tmp && ls -d out/*/.training 2>/dev/null) \
       --exclude='*.safetensors' 2>/dev/null
     ls -la "$OUT"
