@@ -50,6 +50,9 @@ def inject_oom(monkeypatch, client: TestClient, *, max_rows: int | None = None, 
     generator = client.app.state.service.engine().generator
     if generator._loop is not None:  # the same request again would decode on the kept prefill: prefill it
         generator._loop.clear()
+        # as on CUDA, where this OOM comes from, the prompts prefill as one padded batch (on the CPU each
+        # prompt runs alone, and a forward of one row would never exceed `max_rows`)
+        monkeypatch.setattr(generator._loop, "prefill_alone", False)
     real, sizes = generator.model.forward, []
 
     def forward(*args, **kwargs):
