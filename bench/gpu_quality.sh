@@ -135,7 +135,9 @@ case "$step" in
     echo "backends done in $(( $(date +%s) - t0 )) s"
     t0=$(date +%s) ship=()
     for m in q15-zs-s1 q15-pr-s2 q15-zs-nef-s3; do train_one "$m" /tmp/out/ship & ship+=($!); sleep 2; done
-    train_one "q15-zs-s1@loop" /tmp/out/loop --set train.trainer=loop &
+    # the loop's twin (its validation curve beside the SFTTrainer's, same seed and data); S11_TWIN=0 leaves it
+    # out (the card then trains only the recipe, and session 7's loop curve of the same member is the reference)
+    [ "${S11_TWIN:-1}" = 1 ] && train_one "q15-zs-s1@loop" /tmp/out/loop --set train.trainer=loop &
     wait "${ship[@]}"
     echo "members written in $(( $(date +%s) - t0 )) s: $(ls /tmp/out/ship | tr '\n' ' ')"
     cp "$SRC/adapters/$KEY/vote.json" /tmp/out/ship/  # the shipped vote (fitted on the old members' candidates)
@@ -218,6 +220,7 @@ case "$step" in
     ;;
   status)
     tail -3 "$RES/${2:-train}.log"
+    for r in "$RES"/backends/*/report.md; do [ -f "$r" ] && cat "$r"; done
     for f in /tmp/out/*/.training/*.train_log.jsonl; do
       [ -f "$f" ] || continue
       echo "$f: $(grep -o '"f1": [0-9.]*' "$f" | tr '\n' ' ' | cut -c1-300)"
