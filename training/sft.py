@@ -46,7 +46,7 @@ from trl import SFTConfig, SFTTrainer
 from training.config import MemberConfig, TrainConfig
 from training.data import IGNORE_INDEX, TrainExample
 from training.stability import NonFinite, attention_kernels, find_nonfinite
-from training.trainer import EvalPoint, Evaluate, JsonlLog, Schedule, TrainResult, trainable_state
+from training.trainer import EvalPoint, Evaluate, JsonlLog, NEFTune, Schedule, TrainResult, trainable_state
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "qa_member_state.json"
@@ -77,7 +77,6 @@ def sft_config(
 ) -> SFTConfig:
     """The recipe as SFTTrainer arguments (every default that differs from the recipe's set explicitly)."""
     packed = config.batching == "packed"
-    noise = config.neftune_noise_alpha if member.neftune_noise_alpha is None else member.neftune_noise_alpha
     return SFTConfig(
         output_dir=str(output),
         per_device_train_batch_size=1 if packed else config.batch_size,
@@ -91,7 +90,9 @@ def sft_config(
         bf16=bf16,
         fp16=False,
         use_cpu=device == "cpu",
-        neftune_noise_alpha=noise,
+        # NEFTune is `MemberTrainer`'s (`training.trainer.NEFTune`): transformers' hook scales the noise by
+        # the row's width, which in a padding-free or packed row is that of all its sequences together.
+        neftune_noise_alpha=None,
         seed=member.seed,
         data_seed=member.order_seed,
         train_sampling_strategy="random" if member.shuffle else "sequential",
@@ -124,7 +125,8 @@ def _rank_zero() -> bool:
 
 
 class MemberTrainer(SFTTrainer):
-    """SFTTrainer plus the non-finite watch of every micro-batch and the optional prompt-loss weight."""
+    """SFTTrainer plus the non-finite watch of every micro-batch, the optional prompt-loss weight, and NEFTune
+    with the loop's scale under every batching (`noise_width`)."""
 
     def __init__(
         self,
@@ -136,8 +138,11 @@ class MemberTrainer(SFTTrainer):
     ) -> None:
         super().__init__(*args, **kwargs)
         self.prompt_loss_weight, self.fused_head, self.watch = prompt_loss_weight, fused_head, watch
+        self.width: int | None = None
+        """The micro-batch's `noise_width`, read by the NEFTune hook in its forward."""
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
+        self.width = noise_width(inputs)
         shape = tuple(inputs["input_ids"].shape)
         mask = inputs.get("attention_mask")
         tokens = int(mask.sum()) if mask is not None else shape[0] * shape[1]  # padding-free: all real
@@ -176,6 +181,15 @@ class MemberTrainer(SFTTrainer):
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
+
+
+def noise_width(batch: dict[str, torch.Tensor]) -> int | None:
+    """NEFTune's length of a micro-batch: in a padding-free or packed row (position ids, no attention mask)
+    its longest sequence, the width the padded batch would have had; None for a padded batch (its width)."""
+    positions = batch.get("position_ids")
+    if positions is None or batch.get("attention_mask") is not None:
+        return None
+    return int(positions.max()) + 1
 
 
 def token_weights(batch: dict[str, torch.Tensor], prompt_loss_weight: float) -> torch.Tensor:
@@ -503,7 +517,9 @@ def train_member_sft(
     )
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    with attention_kernels(cudnn=config.cudnn_sdpa, device=device) as backends:
+    noise = config.neftune_noise_alpha if member.neftune_noise_alpha is None else member.neftune_noise_alpha
+    neftune = NEFTune(model, noise, lambda: trainer.width)
+    with neftune, attention_kernels(cudnn=config.cudnn_sdpa, device=device) as backends:
         watch.backends = backends
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     result, total = watch.result, watch.schedule.total_steps

@@ -143,19 +143,27 @@ def step_weight(batch: Batch) -> float:
 
 class NEFTune:
     """Adds uniform noise of scale alpha / sqrt(length x hidden) to the input embeddings in training mode
-    (Jain et al. 2023, as in transformers' `neftune_noise_alpha`); a context manager around the loop."""
+    (Jain et al. 2023, as in transformers' `neftune_noise_alpha`); a context manager around the training.
 
-    def __init__(self, model: Any, alpha: float | None) -> None:
-        self.model, self.alpha, self.handle = model, alpha, None
+    `length` is the micro-batch's padded width (`output.size(1)`, as transformers computes it) unless
+    `width` says otherwise: a padding-free or packed row holds several sequences, and its own width would
+    shrink the noise by about the square root of their number (`training.sft` passes the longest sequence,
+    the width the padded batch would have had, so alpha means the same under every batching)."""
+
+    def __init__(
+        self, model: Any, alpha: float | None, width: Callable[[], int | None] | None = None
+    ) -> None:
+        self.model, self.alpha, self.width, self.handle = model, alpha, width, None
 
     def __enter__(self) -> NEFTune:
         if self.alpha is not None:
-            alpha = self.alpha
+            alpha, width = self.alpha, self.width
 
             def add_noise(module: torch.nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
                 if not module.training:
                     return output
-                scale = alpha / math.sqrt(output.size(1) * output.size(2))
+                length = (width() if width is not None else None) or output.size(1)
+                scale = alpha / math.sqrt(length * output.size(2))
                 return output + torch.zeros_like(output).uniform_(-scale, scale)
 
             self.handle = self.model.get_input_embeddings().register_forward_hook(add_noise)

@@ -24,9 +24,11 @@ from training.sft import (
     MemberTrainer,
     last_checkpoint,
     make_trainer,
+    noise_width,
     token_weights,
     train_member_sft,
 )
+from training.trainer import NEFTune
 
 MEMBER = MemberConfig(name="m", seed=0, r=4, alpha=8, dropout=0.05, learning_rate=1e-2)
 REPO = Path(__file__).resolve().parents[2]
@@ -256,3 +258,47 @@ def test_a_packed_step_holds_more_sequences(tiny_model_dir, encoded, tmp_path):
     rows = len(trainer.train_dataset)
     assert rows < len(encoded) and watch.schedule.n_examples == rows
     assert trainer.args.per_device_train_batch_size == 1
+
+
+def test_neftune_adds_the_padded_batchs_noise_under_every_batching(tiny_model_dir, encoded, tmp_path):
+    """transformers' hook scales by the row's width, all of a padding-free row's sequences together: ours by
+    the longest sequence, the padded batch's width, so alpha means what it meant in the loop."""
+    alpha, amplitudes = 5.0, {}
+    for batching in ("padded", "padding_free"):
+        config = _config(batching=batching, batch_size=2, max_steps=1)
+        base, model = _model(tiny_model_dir, config)
+        trainer, _ = make_trainer(
+            model, encoded, MEMBER, config, tokenizer=base.tokenizer, device="cpu", bf16=False,
+            checkpoints=tmp_path / batching,
+        )  # fmt: skip
+        assert trainer.args.neftune_noise_alpha is None  # no second hook of transformers' own
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+        trainer.width = noise_width(batch)
+        embeddings = model.get_input_embeddings()
+        embeddings.train()
+        with NEFTune(model, alpha, lambda t=trainer: t.width), torch.no_grad():
+            noise = embeddings(batch["input_ids"]) - embeddings.weight[batch["input_ids"]]
+        if batching == "padding_free":
+            assert trainer.width == max(len(trainer.train_dataset[i]["input_ids"]) for i in range(2))
+            assert trainer.width < batch["input_ids"].shape[1]  # the row holds both sequences
+        else:
+            assert trainer.width is None
+        amplitudes[batching] = float(noise.abs().max())
+    longest = max(len(trainer.train_dataset[i]["input_ids"]) for i in range(2))
+    scale = alpha / (longest * embeddings.weight.shape[1]) ** 0.5
+    for batching, amplitude in amplitudes.items():
+        assert 0.95 * scale < amplitude <= scale * 1.0001, batching
+
+
+def test_a_neftune_member_trains_with_one_hook_of_the_batchs_width(tiny_model_dir, encoded, tmp_path):
+    member = dataclasses.replace(MEMBER, neftune_noise_alpha=5.0)
+    seen = []
+
+    class Probe(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            seen.append(len(model.get_input_embeddings()._forward_hooks))
+
+    config = _config(batching="padding_free", batch_size=2, max_steps=2)
+    model, result = _train(tiny_model_dir, encoded, tmp_path, config, member, callbacks=[Probe()])
+    assert seen == [1, 1] and all(torch.isfinite(torch.tensor(result.losses)))
+    assert not model.get_input_embeddings()._forward_hooks  # removed once the member is trained
