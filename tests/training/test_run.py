@@ -17,7 +17,7 @@ from models.base.tiny import build_tiny_model
 from models.errors import AdapterBaseMismatchError
 from training.data import file_sha256
 from training.export import REQUIRED_TRAINING_KEYS
-from training.runner import HOLDOUT_IDS, REPORT_DIR, TRAIN_LOG
+from training.runner import CHECKPOINTS, HOLDOUT_IDS, REPORT_DIR, TRAIN_LOG
 
 
 def test_every_member_is_an_adapter_folder_and_reports_are_hidden(trained_dir: Path, members):
@@ -81,7 +81,11 @@ def test_manifest_is_complete(trained_dir: Path, tiny_model_dir: Path, members, 
             best["f1"],
         )
         assert facts["steps"] == 1 and facts["max_epochs"] == 1
-        assert {"torch", "transformers", "peft", "bitsandbytes"} <= set(facts["software"])
+        software = {"torch", "transformers", "peft", "bitsandbytes", "trl", "accelerate"}
+        assert software <= set(facts["software"])
+        # Trained through TRL's SFTTrainer, padding-free (the defaults); its checkpoints went with the export.
+        assert (facts["train"]["trainer"], facts["train"]["batching"]) == ("sft", "padding_free")
+        assert not (trained_dir / REPORT_DIR / CHECKPOINTS / name).exists()
         assert facts["backend"] == "peft" and facts["tokens_per_second"] > 0
         # The attention used in training (cuDNN SDPA is a CUDA matter: None on the CPU), no skipped step.
         assert facts["attention"] == {"implementation": "sdpa", "cudnn_sdpa": None}
