@@ -134,7 +134,9 @@ case "$step" in
       --set train.cache_dir=/tmp/cache --out "$RES/backends" >"$RES/backends.log" 2>&1)
     echo "backends done in $(( $(date +%s) - t0 )) s"
     t0=$(date +%s) ship=()
-    for m in q15-zs-s1 q15-pr-s2 q15-zs-nef-s3; do train_one "$m" /tmp/out/ship & ship+=($!); sleep 2; done
+    for m in q15-zs-s1 q15-pr-s2 q15-zs-nef-s3; do
+      train_one "$m" /tmp/out/ship --set train.trainer=sft & ship+=($!); sleep 2
+    done
     # the loop's twin (its validation curve beside the SFTTrainer's, same seed and data); S11_TWIN=0 leaves it
     # out (the card then trains only the recipe, and session 7's loop curve of the same member is the reference)
     [ "${S11_TWIN:-1}" = 1 ] && train_one "q15-zs-s1@loop" /tmp/out/loop --set train.trainer=loop &
