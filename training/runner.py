@@ -104,6 +104,11 @@ def run_training(run: RunConfig, *, device: str, backend: str, resume: bool = Fa
         )
     if resume and config.trainer != "sft":
         raise ConfigError('train.trainer: --resume needs trainer = "sft" (the loop keeps no checkpoints)')
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and config.trainer != "sft":
+        raise ConfigError(
+            'train.trainer: data parallelism (WORLD_SIZE > 1) needs trainer = "sft" (the loop trains on one '
+            "device: every process would train the whole member alone)"
+        )
     main = is_main_process()
     reports = output / REPORT_DIR
     reports.mkdir(parents=True, exist_ok=True)

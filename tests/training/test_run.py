@@ -153,3 +153,18 @@ def test_a_member_trained_alone_equals_the_same_member_trained_after_another(
     after = load_file(trained_dir / "zs-s2" / ADAPTER_WEIGHTS)
     assert alone.keys() == after.keys()
     assert all(torch.equal(alone[k], after[k]) for k in alone)
+
+
+def test_the_loop_refuses_resume_and_data_parallelism(make_recipe, tmp_path: Path, monkeypatch):
+    """Both need the SFTTrainer: the loop keeps no checkpoints and trains on one device (under accelerate
+    launch every process would train the whole member alone)."""
+    from training.config import ConfigError, load_recipe
+    from training.runner import run_training
+
+    run = load_recipe(make_recipe(tmp_path, trainer="loop"))
+    with pytest.raises(ConfigError, match='^train.trainer: --resume needs trainer = "sft"'):
+        run_training(run, device="cpu", backend="peft", resume=True)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"^train.trainer: data parallelism \(WORLD_SIZE > 1\) needs"):
+        run_training(run, device="cpu", backend="peft")
+    assert not (tmp_path / "adapters").exists() or not any((tmp_path / "adapters").iterdir())
