@@ -28,6 +28,7 @@ status 0 when at least one variant was measured. Run it from the repository root
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -132,11 +133,12 @@ def full_parameters(model: Any) -> int:
 
 def worker(args: argparse.Namespace) -> int:
     """One variant in this process: train on the examples file, write the measurements to --result."""
-    from training.backends import prepare, software_versions
+    from training.backends import batching_for, prepare, software_versions
 
     run = _load_run(args, args.worker)
     config, member = run.train, run.members[0]
     device, backend = prepare(config)  # unsloth, when chosen, is imported before transformers
+    config = dataclasses.replace(config, batching=batching_for(config, backend, device))
 
     import torch
 
@@ -189,7 +191,7 @@ def worker(args: argparse.Namespace) -> int:
         "variant": args.worker,
         "backend": backend,
         "trainer": config.trainer,
-        "batching": config.batching if config.trainer == "sft" else "padded",
+        "batching": config.batching,
         "device": torch.cuda.get_device_name(0) if cuda else platform.processor() or "cpu",
         "member": member.name,
         "prompt_style": member.prompt_style,

@@ -67,6 +67,27 @@ def prepare(config: TrainConfig) -> tuple[str, str]:
     return device, backend
 
 
+VARLEN_ATTENTION = ("flash_attn", "xformers")
+"""Packages whose variable-length attention Unsloth uses for a padding-free row (each sequence attends to
+itself alone, at its own cost)."""
+
+
+def batching_for(config: TrainConfig, backend: str, device: str) -> str:
+    """`train.batching` with `auto` resolved: padding-free where a variable-length attention kernel keeps
+    each sequence of a flattened row to itself at its own cost (Unsloth on CUDA with flash-attn or xFormers
+    installed), padded elsewhere. Without such a kernel a padding-free row runs SDPA under a block-diagonal
+    mask over the whole row, (sum of lengths)^2 instead of the sum of length^2: on this project's 2-core CPU
+    the tiny model trained 4.0x slower a token padding-free than padded (`bench.train_backends`,
+    docs/benchmarks.md). The loop always pads."""
+    if config.trainer != "sft":
+        return "padded"
+    if config.batching != "auto":
+        return config.batching
+    varlen = device == "cuda" and backend == "unsloth"
+    varlen = varlen and any(importlib.util.find_spec(m) is not None for m in VARLEN_ATTENTION)
+    return "padding_free" if varlen else "padded"
+
+
 def software_versions(backend: str) -> dict[str, str]:
     packages = ["torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl"]
     if backend == "unsloth":

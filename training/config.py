@@ -32,7 +32,7 @@ Quantization = Literal["auto", "4bit", "none"]
 Device = Literal["auto", "cpu", "cuda"]
 Backend = Literal["auto", "unsloth", "peft"]
 Trainer = Literal["sft", "loop"]
-Batching = Literal["padded", "padding_free", "packed"]
+Batching = Literal["auto", "padded", "padding_free", "packed"]
 AttnImplementation = Literal["sdpa", "eager"]
 SaveDType = Literal["bfloat16", "float16", "float32"]
 
@@ -187,9 +187,12 @@ class TrainConfig:
     """`sft`: TRL's SFTTrainer (`training.sft`: resumable checkpoints, data parallel under `accelerate launch`
     or `torchrun`, padding-free or packed batches, the logging integrations of `report_to`); `loop`: the
     project's own loop (`training.trainer`), kept for side-by-side runs until the GPU parity runs are done."""
-    batching: Batching = "padding_free"
-    """How the SFTTrainer lays out a micro-batch: `padding_free` flattens its `batch_size` sequences into one
-    row (no padding token; attention stays within each sequence through its position ids), `packed` fills
+    batching: Batching = "auto"
+    """How the SFTTrainer lays out a micro-batch: `auto` is `padding_free` where a variable-length attention
+    kernel makes it cheap (Unsloth on CUDA with flash-attn or xFormers), else `padded`
+    (`training.backends.batching_for`; the manifest records what ran); `padding_free` flattens its
+    `batch_size` sequences into one row (no padding token; attention stays within each sequence through its
+    position ids), `packed` fills
     rows of `batch_size x max_seq_len` tokens best-fit (TRL's BFD packing; more sequences a step than
     `batch_size`), `padded` right-pads to the longest (as the loop does). The loop always pads."""
     report_to: tuple[str, ...] = ()
@@ -237,7 +240,7 @@ class TrainConfig:
             ("backend", ("auto", "unsloth", "peft")),
             ("save_dtype", ("bfloat16", "float16", "float32")),
             ("trainer", ("sft", "loop")),
-            ("batching", ("padded", "padding_free", "packed")),
+            ("batching", ("auto", "padded", "padding_free", "packed")),
             ("attn_implementation", ("sdpa", "eager")),
             ("data_format", ("auto", "squad", "csv", "jsonl")),
         ):

@@ -20,7 +20,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,7 +28,7 @@ from typing import Any
 from models.adapters.registry import AdapterManifest
 from models.base.loading import load_tokenizer
 from models.base.sources import ResolvedModel, resolve_model
-from training.backends import load_training_base, software_versions
+from training.backends import batching_for, load_training_base, software_versions
 from training.config import ConfigError, MemberConfig, RunConfig, TrainConfig
 from training.data import LengthReport, PromptEncoder, TrainingData, encode_examples, load_training_data
 from training.export import write_adapter_folder
@@ -94,6 +94,8 @@ def is_main_process() -> bool:
 def run_training(run: RunConfig, *, device: str, backend: str, resume: bool = False) -> list[MemberOutcome]:
     """Train every member of `run` and write its adapter folder; returns what each run produced (a
     resumed run: the members it trained now)."""
+    # `auto` batching resolved once, so the trainer and the manifest say what ran
+    run = replace(run, train=replace(run.train, batching=batching_for(run.train, backend, device)))
     config = run.train
     output = config.output_path()
     existing = [m.name for m in run.members if (output / m.name).exists()]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from training.backends import resolve_backend
-from training.config import ConfigError
+from training.config import ConfigError, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,3 +57,33 @@ def test_unsloth_is_imported_only_when_chosen_and_before_transformers(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "('cuda', 'unsloth')" in done.stdout
     assert json.loads(record.read_text()) == {"transformers_first": False, "peft_first": False}
+
+
+@pytest.mark.parametrize(
+    ("trainer", "batching", "backend", "device", "kernels", "expected"),
+    [
+        ("sft", "auto", "peft", "cpu", True, "padded"),  # SDPA under a block mask: (sum L)^2
+        ("sft", "auto", "peft", "cuda", True, "padded"),  # transformers' SDPA too
+        ("sft", "auto", "unsloth", "cuda", False, "padded"),  # Unsloth falls back to SDPA
+        ("sft", "auto", "unsloth", "cuda", True, "padding_free"),  # flash-attn / xFormers varlen
+        ("sft", "packed", "peft", "cpu", False, "packed"),  # asked for: as asked
+        ("sft", "padding_free", "peft", "cpu", False, "padding_free"),
+        ("loop", "auto", "unsloth", "cuda", True, "padded"),  # the loop always pads
+        ("loop", "padding_free", "peft", "cpu", False, "padded"),
+    ],
+)
+def test_auto_batching_is_padding_free_only_with_a_variable_length_attention(
+    monkeypatch, trainer, batching, backend, device, kernels, expected
+):
+    import importlib.util
+
+    from training.backends import VARLEN_ATTENTION, batching_for
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: (real("json") if kernels else None) if name in VARLEN_ATTENTION else real(name, *a),
+    )
+    config = TrainConfig(trainer=trainer, batching=batching)
+    assert batching_for(config, backend, device) == expected

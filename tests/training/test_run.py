@@ -83,8 +83,9 @@ def test_manifest_is_complete(trained_dir: Path, tiny_model_dir: Path, members, 
         assert facts["steps"] == 1 and facts["max_epochs"] == 1
         software = {"torch", "transformers", "peft", "bitsandbytes", "trl", "accelerate"}
         assert software <= set(facts["software"])
-        # Trained through TRL's SFTTrainer, padding-free (the defaults); its checkpoints went with the export.
-        assert (facts["train"]["trainer"], facts["train"]["batching"]) == ("sft", "padding_free")
+        # Trained through TRL's SFTTrainer (the default), padded: `auto` batching as resolved on the CPU (no
+        # variable-length attention), recorded as what ran; its checkpoints went with the export.
+        assert (facts["train"]["trainer"], facts["train"]["batching"]) == ("sft", "padded")
         assert not (trained_dir / REPORT_DIR / CHECKPOINTS / name).exists()
         assert facts["backend"] == "peft" and facts["tokens_per_second"] > 0
         # The attention used in training (cuDNN SDPA is a CUDA matter: None on the CPU), no skipped step.
