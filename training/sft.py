@@ -1,12 +1,12 @@
 """Training one member with TRL's `SFTTrainer`: the field's own stack, with this project's member semantics.
 
-What comes from the libraries (TRL, transformers' Trainer, accelerate), through their options: AdamW and the
-warmup + cosine / linear / constant schedule; gradient accumulation with the loss divided by the answer tokens
-of the whole optimizer step (of every process, under data parallelism); clipping; bf16 autocast; NEFTune
-(`neftune_noise_alpha`); the answer-only loss (TRL's `completion_only_loss` over a `completion_mask`: labels
--100 on every prompt token); padding-free and BFD-packed batches (TRL's collator flattens a micro-batch into
-one row with position ids and no attention mask, from which transformers builds the block-diagonal mask,
-so SDPA, FlashAttention and Unsloth keep each sequence to itself); the fused LM head (log-probabilities in
+What comes from the libraries (TRL, transformers' Trainer, accelerate), through their options: AdamW;
+gradient accumulation with the loss divided by the answer tokens of the whole optimizer step (of every
+process, under data parallelism); clipping; bf16 autocast; the answer-only loss (TRL's `completion_only_loss`
+over a `completion_mask`: labels -100 on every prompt token); padding-free and BFD-packed batches (TRL's
+collator flattens a micro-batch into one row with position ids and no attention mask, from which
+transformers builds the block-diagonal mask, so SDPA, FlashAttention and Unsloth keep each sequence to
+itself; `training.backends.batching_for` says where that is cheap); the fused LM head (log-probabilities in
 chunks, never the full logits); checkpoints with the optimizer, scheduler, RNG and data position (`qa-train
 --resume`); data parallelism under `accelerate launch` or `torchrun` (DDP); the logging integrations
 (`report_to`). Unsloth on CUDA is its documented path: its patched model trained by this trainer.
@@ -22,6 +22,11 @@ What is ours, because no option of theirs does it:
   weight into NaN for good (seen on an H200: `training.stability`); Trainer's `logging_nan_inf_filter` only
   hides the loss from the log.
 - The optional prompt-loss weight (`MemberTrainer.compute_loss`): TRL weighs a token 0 or 1.
+- The learning-rate schedule (`MemberTrainer.create_scheduler`, the loop's `lr_factor`): transformers'
+  warmup spends its first step at a learning rate of 0, so a member would train one step behind the loop
+  that trained the shipped members; with it the two give the same losses and weights.
+- NEFTune (`training.trainer.NEFTune` with `noise_width`): transformers' hook divides the noise by the
+  row's width, in a padding-free row all its sequences together.
 - The member's JSONL train log and `TrainResult`, the loop's (`training.trainer`), so the runner, the
   manifest and the reports are the same whichever trainer ran.
 """
@@ -46,15 +51,22 @@ from trl import SFTConfig, SFTTrainer
 from training.config import MemberConfig, TrainConfig
 from training.data import IGNORE_INDEX, TrainExample
 from training.stability import NonFinite, attention_kernels, find_nonfinite
-from training.trainer import EvalPoint, Evaluate, JsonlLog, NEFTune, Schedule, TrainResult, trainable_state
+from training.trainer import (
+    EvalPoint,
+    Evaluate,
+    JsonlLog,
+    NEFTune,
+    Schedule,
+    TrainResult,
+    lr_factor,
+    trainable_state,
+)
 
 logger = logging.getLogger(__name__)
 STATE_FILE = "qa_member_state.json"
 """In each checkpoint: the curve, losses, skipped steps and best point so far (what `TrainResult` holds)."""
 BEST_FILE = "qa_best_adapter.safetensors"
 """In each checkpoint: the trainable weights of the best validation point so far."""
-SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
-"""`train.scheduler` -> transformers' `lr_scheduler_type` (warmup, then decay to zero at the last step)."""
 
 
 def to_dataset(examples: Sequence[TrainExample]) -> Any:
@@ -84,7 +96,6 @@ def sft_config(
         max_steps=schedule.total_steps,
         learning_rate=member.learning_rate,
         weight_decay=config.weight_decay,
-        lr_scheduler_type=SCHEDULERS[config.scheduler],
         warmup_steps=schedule.warmup_steps,
         max_grad_norm=config.max_grad_norm,
         bf16=bf16,
@@ -140,6 +151,18 @@ class MemberTrainer(SFTTrainer):
         self.prompt_loss_weight, self.fused_head, self.watch = prompt_loss_weight, fused_head, watch
         self.width: int | None = None
         """The micro-batch's `noise_width`, read by the NEFTune hook in its forward."""
+
+    def create_scheduler(self, num_training_steps: int, optimizer: Any = None) -> Any:
+        """The loop's schedule (`training.trainer.lr_factor`): transformers' warmup runs its first step at a
+        learning rate of 0 (step / warmup), the loop's at (step + 1) / (warmup + 1), so with warmup the two
+        would train one step apart. The recipe's members keep the schedule they were trained with."""
+        if self.lr_scheduler is None:
+            kind = self.watch.config.scheduler
+            self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+                optimizer or self.optimizer, lambda step: lr_factor(step, self.watch.schedule, kind)
+            )
+            self._created_lr_scheduler = True
+        return self.lr_scheduler
 
     def training_step(self, model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> Any:
         self.width = noise_width(inputs)
@@ -431,6 +454,8 @@ def make_trainer(
 ) -> tuple[MemberTrainer, MemberCallback]:
     """The SFTTrainer of one member, its dataset prepared (packed when the recipe says so) and its schedule
     planned over it, with the callback that holds its `TrainResult`."""
+    if config.batching == "auto":
+        raise ValueError('train.batching "auto" is resolved by the caller (training.backends.batching_for)')
     packed = config.batching == "packed"
     # Examples (packed: rows) a step over every process: `batch_size` is each process's micro-batch.
     processes = int(os.environ.get("WORLD_SIZE", "1"))

@@ -45,6 +45,7 @@ def _config(**kw) -> TrainConfig:
         gradient_checkpointing=False,
         progress=False,
         eval_at_start=False,
+        batching="padding_free",
     )
     return TrainConfig(**{**defaults, **kw})
 
@@ -302,3 +303,21 @@ def test_a_neftune_member_trains_with_one_hook_of_the_batchs_width(tiny_model_di
     model, result = _train(tiny_model_dir, encoded, tmp_path, config, member, callbacks=[Probe()])
     assert seen == [1, 1] and all(torch.isfinite(torch.tensor(result.losses)))
     assert not model.get_input_embeddings()._forward_hooks  # removed once the member is trained
+
+
+def test_the_sfttrainer_takes_the_loops_steps(tiny_model_dir, encoded, tmp_path):
+    """The same member, examples in the same order, the same schedule: TRL's trainer and the project's loop
+    give the same losses and weights (what keeps a recipe's members reproducible on the new path)."""
+    from training.trainer import train_member
+
+    member = dataclasses.replace(MEMBER, dropout=0.0, shuffle=False)  # dropout masks are drawn per shape
+    config = _config(batching="padded", max_steps=3, grad_accum=2, batch_size=2, warmup_ratio=0.34)
+    model, sft = _train(tiny_model_dir, encoded, tmp_path, config, member)
+    base, loop_model = _model(tiny_model_dir, config, member)
+    loop = train_member(
+        loop_model, encoded, member, config, pad_id=base.tokenizer.pad_token_id, device="cpu", bf16=False
+    )
+    assert len(sft.losses) == 3 and sft.losses == pytest.approx(loop.losses, abs=1e-4)
+    weights = _lora(loop_model)
+    for name, weight in _lora(model).items():
+        torch.testing.assert_close(weight, weights[name], atol=1e-4, rtol=1e-4)
