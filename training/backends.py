@@ -77,7 +77,7 @@ def batching_for(config: TrainConfig, backend: str, device: str) -> str:
     each sequence of a flattened row to itself at its own cost (Unsloth on CUDA with flash-attn or xFormers
     installed), padded elsewhere. Without such a kernel a padding-free row runs SDPA under a block-diagonal
     mask over the whole row, (sum of lengths)^2 instead of the sum of length^2: on this project's 2-core CPU
-    the tiny model trained 4.0x slower a token padding-free than padded (`bench.train_backends`,
+    the tiny model trained 4.5x slower a token padding-free than padded (`bench.train_backends`,
     docs/benchmarks.md). The loop always pads."""
     if config.trainer != "sft":
         return "padded"
