@@ -59,6 +59,7 @@ from training.trainer import (
     Schedule,
     TrainResult,
     lr_factor,
+    neftune_alpha,
     trainable_state,
 )
 
@@ -542,8 +543,7 @@ def train_member_sft(
     )
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    noise = config.neftune_noise_alpha if member.neftune_noise_alpha is None else member.neftune_noise_alpha
-    neftune = NEFTune(model, noise, lambda: trainer.width)
+    neftune = NEFTune(model, neftune_alpha(member, config), lambda: trainer.width)
     with neftune, attention_kernels(cudnn=config.cudnn_sdpa, device=device) as backends:
         watch.backends = backends
         trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

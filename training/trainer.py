@@ -141,6 +141,11 @@ def step_weight(batch: Batch) -> float:
     return float(batch.weights[:, 1:].sum())
 
 
+def neftune_alpha(member: MemberConfig, config: TrainConfig) -> float | None:
+    """The member's NEFTune noise, else the recipe's (None: off)."""
+    return config.neftune_noise_alpha if member.neftune_noise_alpha is None else member.neftune_noise_alpha
+
+
 class NEFTune:
     """Adds uniform noise of scale alpha / sqrt(length x hidden) to the input embeddings in training mode
     (Jain et al. 2023, as in transformers' `neftune_noise_alpha`); a context manager around the training.
@@ -304,8 +309,7 @@ def train_member(
     if config.eval_at_start:
         validate(0)
     attention = attention_kernels(cudnn=config.cudnn_sdpa, device=device)
-    noise = config.neftune_noise_alpha if member.neftune_noise_alpha is None else member.neftune_noise_alpha
-    with NEFTune(model, noise), attention as backends:
+    with NEFTune(model, neftune_alpha(member, config)), attention as backends:
         for step in range(1, schedule.total_steps + 1):
             started = time.perf_counter()
             micro = [
